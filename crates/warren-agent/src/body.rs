@@ -13,9 +13,7 @@ use tokio::sync::mpsc;
 pub type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
 pub fn full(b: impl Into<Bytes>) -> RespBody {
-    Full::new(b.into())
-        .map_err(|e: Infallible| match e {})
-        .boxed_unsync()
+    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed_unsync()
 }
 
 pub fn empty() -> RespBody {
@@ -30,16 +28,13 @@ pub struct ChannelBody {
 }
 
 impl ChannelBody {
-    pub fn new(capacity: usize) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, RespBody) {
+    pub fn channel(capacity: usize) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, RespBody) {
         let (tx, rx) = mpsc::channel(capacity);
         (tx, ChannelBody { rx, len: None }.boxed_unsync())
     }
 
     /// A channel body that announces its exact length (Content-Length).
-    pub fn with_len(
-        capacity: usize,
-        len: u64,
-    ) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, RespBody) {
+    pub fn with_len(capacity: usize, len: u64) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, RespBody) {
         let (tx, rx) = mpsc::channel(capacity);
         (tx, ChannelBody { rx, len: Some(len) }.boxed_unsync())
     }
@@ -49,10 +44,7 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),

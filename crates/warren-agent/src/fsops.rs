@@ -58,10 +58,9 @@ pub fn io_error(e: &io::Error, what: &str, path: &Path) -> ConnectError {
         io::ErrorKind::AlreadyExists => Code::AlreadyExists,
         io::ErrorKind::PermissionDenied => Code::PermissionDenied,
         _ => match e.raw_os_error() {
-            Some(libc::ENOTDIR)
-            | Some(libc::EISDIR)
-            | Some(libc::ENOTEMPTY)
-            | Some(libc::EINVAL) => Code::InvalidArgument,
+            Some(libc::ENOTDIR) | Some(libc::EISDIR) | Some(libc::ENOTEMPTY) | Some(libc::EINVAL) => {
+                Code::InvalidArgument
+            }
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
             _ => Code::Internal,
         },
@@ -144,10 +143,7 @@ pub fn entry_info(path: &Path, names: &Names) -> io::Result<EntryInfo> {
         (kind(&lmeta), go_mode(lmeta.mode()), None)
     };
     Ok(EntryInfo {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "/".into()),
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
         file_type,
         path: path.to_string_lossy().into_owned(),
         size: lmeta.size() as i64,
@@ -155,10 +151,7 @@ pub fn entry_info(path: &Path, names: &Names) -> io::Result<EntryInfo> {
         permissions: go_mode_string(go_mode(lmeta.mode())),
         owner: names.user(lmeta.uid()),
         group: names.group(lmeta.gid()),
-        modified_time: Some(rfc3339(
-            lmeta.mtime(),
-            lmeta.mtime_nsec().clamp(0, 999_999_999) as u32,
-        )),
+        modified_time: Some(rfc3339(lmeta.mtime(), lmeta.mtime_nsec().clamp(0, 999_999_999) as u32)),
         symlink_target: target.map(|t| t.to_string_lossy().into_owned()),
     })
 }
@@ -218,18 +211,12 @@ pub async fn make_dir(user: &User, _s: &Settings, path: &str) -> Result<EntryInf
     let p = resolve_path(path, &user.home);
     match fs::symlink_metadata(&p) {
         Ok(m) if m.is_dir() => {
-            return Err(ConnectError::new(
-                Code::AlreadyExists,
-                format!("directory '{}' already exists", p.display()),
-            ))
+            return Err(ConnectError::new(Code::AlreadyExists, format!("directory '{}' already exists", p.display())))
         }
         Ok(_) => {
             return Err(ConnectError::new(
                 Code::AlreadyExists,
-                format!(
-                    "path '{}' already exists and is not a directory",
-                    p.display()
-                ),
+                format!("path '{}' already exists and is not a directory", p.display()),
             ))
         }
         Err(_) => {}
@@ -238,11 +225,7 @@ pub async fn make_dir(user: &User, _s: &Settings, path: &str) -> Result<EntryInf
     describe(&p)
 }
 
-pub async fn rename(
-    user: &User,
-    _s: &Settings,
-    req: &MoveRequest,
-) -> Result<EntryInfo, ConnectError> {
+pub async fn rename(user: &User, _s: &Settings, req: &MoveRequest) -> Result<EntryInfo, ConnectError> {
     require(&req.source)?;
     require(&req.destination)?;
     let src = resolve_path(&req.source, &user.home);
@@ -255,21 +238,14 @@ pub async fn rename(
     describe(&dst)
 }
 
-pub async fn list_dir(
-    user: &User,
-    _s: &Settings,
-    req: &ListDirRequest,
-) -> Result<Vec<EntryInfo>, ConnectError> {
+pub async fn list_dir(user: &User, _s: &Settings, req: &ListDirRequest) -> Result<Vec<EntryInfo>, ConnectError> {
     require(&req.path)?;
     let root = resolve_path(&req.path, &user.home);
     let depth = req.depth.max(1);
     tokio::task::spawn_blocking(move || {
         let meta = fs::metadata(&root).map_err(|e| io_error(&e, "list", &root))?;
         if !meta.is_dir() {
-            return Err(ConnectError::invalid(format!(
-                "path '{}' is not a directory",
-                root.display()
-            )));
+            return Err(ConnectError::invalid(format!("path '{}' is not a directory", root.display())));
         }
         let names = Names::load();
         let mut out = Vec::new();
@@ -281,19 +257,14 @@ pub async fn list_dir(
 }
 
 fn walk(dir: &Path, depth: u32, names: &Names, out: &mut Vec<EntryInfo>) -> io::Result<()> {
-    let mut children: Vec<PathBuf> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut children: Vec<PathBuf> = fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     children.sort();
     for child in children {
         let Ok(info) = entry_info(&child, names) else {
             continue;
         };
         // Recurse into real directories only, never through symlinks.
-        let descend = depth > 1
-            && fs::symlink_metadata(&child)
-                .map(|m| m.is_dir())
-                .unwrap_or(false);
+        let descend = depth > 1 && fs::symlink_metadata(&child).map(|m| m.is_dir()).unwrap_or(false);
         out.push(info);
         if descend {
             // A subdirectory that vanished or cannot be read is skipped.
@@ -330,18 +301,9 @@ mod tests {
     #[test]
     fn paths_resolve_against_home() {
         let home = Path::new("/home/user");
-        assert_eq!(
-            resolve_path("a.txt", home),
-            PathBuf::from("/home/user/a.txt")
-        );
-        assert_eq!(
-            resolve_path("~/x/../y", home),
-            PathBuf::from("/home/user/y")
-        );
-        assert_eq!(
-            resolve_path("/etc/./hosts", home),
-            PathBuf::from("/etc/hosts")
-        );
+        assert_eq!(resolve_path("a.txt", home), PathBuf::from("/home/user/a.txt"));
+        assert_eq!(resolve_path("~/x/../y", home), PathBuf::from("/home/user/y"));
+        assert_eq!(resolve_path("/etc/./hosts", home), PathBuf::from("/etc/hosts"));
         assert_eq!(resolve_path("/../../etc", home), PathBuf::from("/etc"));
         assert_eq!(resolve_path("~", home), PathBuf::from("/home/user"));
     }
@@ -352,17 +314,8 @@ mod tests {
         assert_eq!(go_mode_string(go_mode(libc::S_IFDIR | 0o755)), "drwxr-xr-x");
         assert_eq!(go_mode_string(go_mode(libc::S_IFREG | 0o644)), "-rw-r--r--");
         assert_eq!(go_mode_string(go_mode(libc::S_IFLNK | 0o777)), "Lrwxrwxrwx");
-        assert_eq!(
-            go_mode_string(go_mode(libc::S_IFCHR | 0o666)),
-            "Dcrw-rw-rw-"
-        );
-        assert_eq!(
-            go_mode_string(go_mode(libc::S_IFDIR | libc::S_ISVTX | 0o777)),
-            "dtrwxrwxrwx"
-        );
-        assert_eq!(
-            go_mode_string(go_mode(libc::S_IFREG | libc::S_ISUID | 0o755)),
-            "urwxr-xr-x"
-        );
+        assert_eq!(go_mode_string(go_mode(libc::S_IFCHR | 0o666)), "Dcrw-rw-rw-");
+        assert_eq!(go_mode_string(go_mode(libc::S_IFDIR | libc::S_ISVTX | 0o777)), "dtrwxrwxrwx");
+        assert_eq!(go_mode_string(go_mode(libc::S_IFREG | libc::S_ISUID | 0o755)), "urwxr-xr-x");
     }
 }

@@ -31,19 +31,41 @@ struct Args {
 }
 
 fn read_secret(path: &str) -> Result<String, String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| format!("reading {path}: {e}"))
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| format!("reading {path}: {e}"))
+}
+
+extern "C" {
+    static mut environ: *mut *mut libc::c_char;
+}
+
+/// Reads a secret from the environment, then wipes it: spawned processes get
+/// a fresh environment anyway, and this keeps it out of `/proc/PID/environ`.
+fn take_secret_env(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok();
+    let prefix = format!("{name}=");
+    // SAFETY: single-threaded at this point (before the runtime starts).
+    // `environ` is the process's NUL-terminated array of NUL-terminated
+    // strings; we only overwrite bytes inside one string's existing length.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let entry = std::ffi::CStr::from_ptr(*p);
+            let bytes = entry.to_bytes();
+            if bytes.starts_with(prefix.as_bytes()) {
+                let start = (*p).add(prefix.len()) as *mut u8;
+                std::ptr::write_bytes(start, b'x', bytes.len() - prefix.len());
+            }
+            p = p.add(1);
+        }
+        std::env::remove_var(name);
+    }
+    value
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut listen = Vec::new();
-    let mut access_token = std::env::var("WARREN_AGENT_ACCESS_TOKEN").ok();
-    let mut init_token = std::env::var("WARREN_AGENT_INIT_TOKEN").ok();
-    // Secrets must not leak into the environment of spawned processes (they
-    // get a fresh one anyway) or into /proc/1/environ readers.
-    std::env::remove_var("WARREN_AGENT_ACCESS_TOKEN");
-    std::env::remove_var("WARREN_AGENT_INIT_TOKEN");
+    let mut access_token = take_secret_env("WARREN_AGENT_ACCESS_TOKEN");
+    let mut init_token = take_secret_env("WARREN_AGENT_INIT_TOKEN");
     let mut user = None;
     let mut workdir = None;
     let mut env = BTreeMap::new();
@@ -57,31 +79,21 @@ fn parse_args() -> Result<Option<Args>, String> {
                 return Ok(None);
             }
             "--version" => {
-                println!(
-                    "warren-agent {} (envd {})",
-                    env!("CARGO_PKG_VERSION"),
-                    warren_proto::ENVD_VERSION
-                );
+                println!("warren-agent {} (envd {})", env!("CARGO_PKG_VERSION"), warren_proto::ENVD_VERSION);
                 return Ok(None);
             }
             "--listen" => listen.push(val("--listen")?.parse::<Endpoint>()?),
-            "--access-token-file" => {
-                access_token = Some(read_secret(&val("--access-token-file")?)?)
-            }
+            "--access-token-file" => access_token = Some(read_secret(&val("--access-token-file")?)?),
             "--init-token-file" => init_token = Some(read_secret(&val("--init-token-file")?)?),
             "--user" => user = Some(val("--user")?),
             "--workdir" => workdir = Some(val("--workdir")?),
             "--env" => {
                 let kv = val("--env")?;
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+                let (k, v) = kv.split_once('=').ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
                 env.insert(k.to_string(), v.to_string());
             }
             "--max-message-bytes" => {
-                max = val("--max-message-bytes")?
-                    .parse()
-                    .map_err(|e| format!("--max-message-bytes: {e}"))?;
+                max = val("--max-message-bytes")?.parse().map_err(|e| format!("--max-message-bytes: {e}"))?;
                 if max < 1024 {
                     return Err("--max-message-bytes must be at least 1024".into());
                 }
@@ -90,10 +102,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         }
     }
     if listen.is_empty() {
-        listen.push(Endpoint::Tcp(format!(
-            "0.0.0.0:{}",
-            warren_proto::DEFAULT_PORT
-        )));
+        listen.push(Endpoint::Tcp(format!("0.0.0.0:{}", warren_proto::DEFAULT_PORT)));
     }
     let default_user = match user {
         Some(u) => {
@@ -118,10 +127,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             default_workdir: workdir.map(Into::into),
             env_vars: env,
         },
-        config: Config {
-            init_token: init_token.filter(|t| !t.is_empty()),
-            max_message_bytes: max,
-        },
+        config: Config { init_token: init_token.filter(|t| !t.is_empty()), max_message_bytes: max },
     }))
 }
 
@@ -134,10 +140,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warren-agent: cannot start runtime: {e}");

@@ -23,9 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use warren_proto::connect::{Code, ConnectError, Decoder};
 use warren_proto::process::{
-    DataEvent, EndEvent, KeepAlive, ListResponse, ProcessConfig, ProcessEvent, ProcessInfo,
-    ProcessInput, ProcessSelector, PtySize, Signal, StartEvent, StartRequest, StartResponse,
-    StreamInputRequest,
+    DataEvent, EndEvent, KeepAlive, ListResponse, ProcessConfig, ProcessEvent, ProcessInfo, ProcessInput,
+    ProcessSelector, PtySize, Signal, StartEvent, StartRequest, StartResponse, StreamInputRequest,
 };
 
 use crate::fsops::resolve_path;
@@ -43,13 +42,8 @@ const DRAIN_QUIET: Duration = Duration::from_millis(25);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 enum Io {
-    Pipes {
-        stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
-    },
-    Pty {
-        master: Arc<AsyncFd<OwnedFd>>,
-        write_lock: tokio::sync::Mutex<()>,
-    },
+    Pipes { stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>> },
+    Pty { master: Arc<AsyncFd<OwnedFd>>, write_lock: tokio::sync::Mutex<()> },
 }
 
 struct Subs {
@@ -113,21 +107,14 @@ impl ProcessTable {
         let found = match sel {
             ProcessSelector::Pid(pid) => procs.get(pid).cloned(),
             ProcessSelector::Tag(tag) => {
-                let mut matching: Vec<_> = procs
-                    .values()
-                    .filter(|p| p.tag.as_deref() == Some(tag))
-                    .collect();
+                let mut matching: Vec<_> = procs.values().filter(|p| p.tag.as_deref() == Some(tag)).collect();
                 matching.sort_by_key(|p| p.pid);
                 matching.first().map(|p| Arc::clone(p))
             }
         };
         found.ok_or_else(|| match sel {
-            ProcessSelector::Pid(pid) => {
-                ConnectError::not_found(format!("process with pid {pid} not found"))
-            }
-            ProcessSelector::Tag(tag) => {
-                ConnectError::not_found(format!("process with tag '{tag}' not found"))
-            }
+            ProcessSelector::Pid(pid) => ConnectError::not_found(format!("process with pid {pid} not found")),
+            ProcessSelector::Tag(tag) => ConnectError::not_found(format!("process with tag '{tag}' not found")),
         })
     }
 
@@ -135,11 +122,7 @@ impl ProcessTable {
         let mut processes: Vec<ProcessInfo> = self
             .lock_procs()
             .values()
-            .map(|p| ProcessInfo {
-                config: p.config.clone(),
-                pid: p.pid,
-                tag: p.tag.clone(),
-            })
+            .map(|p| ProcessInfo { config: p.config.clone(), pid: p.pid, tag: p.tag.clone() })
             .collect();
         processes.sort_by_key(|p| p.pid);
         ListResponse { processes }
@@ -164,11 +147,7 @@ impl ProcessTable {
         Ok(())
     }
 
-    pub async fn send_input(
-        &self,
-        sel: &ProcessSelector,
-        input: ProcessInput,
-    ) -> Result<(), ConnectError> {
+    pub async fn send_input(&self, sel: &ProcessSelector, input: ProcessInput) -> Result<(), ConnectError> {
         let p = self.find(sel)?;
         write_input(&p, input).await
     }
@@ -193,10 +172,9 @@ impl ProcessTable {
         let p = self.find(sel)?;
         match &p.io {
             Io::Pty { master, .. } => set_winsize(master.get_ref().as_raw_fd(), size),
-            Io::Pipes { .. } => Err(ConnectError::new(
-                Code::FailedPrecondition,
-                format!("process {} has no terminal to resize", p.pid),
-            )),
+            Io::Pipes { .. } => {
+                Err(ConnectError::new(Code::FailedPrecondition, format!("process {} has no terminal to resize", p.pid)))
+            }
         }
     }
 
@@ -251,30 +229,17 @@ fn set_winsize(fd: RawFd, size: PtySize) -> Result<(), ConnectError> {
     // a live local; `fd` is the PTY master owned by the process record.
     let rc = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
     if rc != 0 {
-        return Err(ConnectError::internal(format!(
-            "resize: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(ConnectError::internal(format!("resize: {}", std::io::Error::last_os_error())));
     }
     Ok(())
 }
 
 async fn pty_write_all(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> Result<(), ConnectError> {
     while !data.is_empty() {
-        let mut guard = master
-            .writable()
-            .await
-            .map_err(|e| ConnectError::internal(format!("terminal write: {e}")))?;
-        match guard
-            .try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from))
-        {
+        let mut guard = master.writable().await.map_err(|e| ConnectError::internal(format!("terminal write: {e}")))?;
+        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(std::io::Error::from)) {
             Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => {
-                return Err(ConnectError::new(
-                    Code::FailedPrecondition,
-                    format!("terminal closed: {e}"),
-                ))
-            }
+            Ok(Err(e)) => return Err(ConnectError::new(Code::FailedPrecondition, format!("terminal closed: {e}"))),
             Err(_would_block) => continue,
         }
     }
@@ -292,20 +257,16 @@ async fn write_input(p: &Proc, input: ProcessInput) -> Result<(), ConnectError> 
             let Some(w) = guard.as_mut() else {
                 return Err(ConnectError::new(
                     Code::FailedPrecondition,
-                    format!(
-                        "stdin of process {} is not open (start it with stdin enabled)",
-                        p.pid
-                    ),
+                    format!("stdin of process {} is not open (start it with stdin enabled)", p.pid),
                 ));
             };
-            w.write_all(&d).await.map_err(|e| {
-                ConnectError::new(Code::FailedPrecondition, format!("writing stdin: {e}"))
-            })
+            w.write_all(&d)
+                .await
+                .map_err(|e| ConnectError::new(Code::FailedPrecondition, format!("writing stdin: {e}")))
         }
-        (Io::Pipes { .. }, ProcessInput::Pty(_)) => Err(ConnectError::invalid(format!(
-            "process {} has no terminal; send stdin input instead",
-            p.pid
-        ))),
+        (Io::Pipes { .. }, ProcessInput::Pty(_)) => {
+            Err(ConnectError::invalid(format!("process {} has no terminal; send stdin input instead", p.pid)))
+        }
     }
 }
 
@@ -340,19 +301,11 @@ fn end_event(status: WaitStatus) -> EndEvent {
         },
         WaitStatus::Signaled(_, sig, _) => {
             let s = format!("signal: {}", signal_text(sig));
-            EndEvent {
-                exit_code: -1,
-                exited: false,
-                status: s.clone(),
-                error: Some(s),
-            }
+            EndEvent { exit_code: -1, exited: false, status: s.clone(), error: Some(s) }
         }
-        other => EndEvent {
-            exit_code: -1,
-            exited: false,
-            status: format!("{other:?}"),
-            error: Some(format!("{other:?}")),
-        },
+        other => {
+            EndEvent { exit_code: -1, exited: false, status: format!("{other:?}"), error: Some(format!("{other:?}")) }
+        }
     }
 }
 
@@ -393,18 +346,12 @@ fn spawn(
     let user = &ctx.user;
     let cwd: PathBuf = match config.cwd.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => resolve_path(c, &user.home),
-        None => settings
-            .default_workdir
-            .clone()
-            .unwrap_or_else(|| user.home.clone()),
+        None => settings.default_workdir.clone().unwrap_or_else(|| user.home.clone()),
     };
     let cwd = if cwd.is_dir() {
         cwd
     } else if config.cwd.is_some() {
-        return Err(ConnectError::invalid(format!(
-            "cwd '{}' does not exist or is not a directory",
-            cwd.display()
-        )));
+        return Err(ConnectError::invalid(format!("cwd '{}' does not exist or is not a directory", cwd.display())));
     } else {
         PathBuf::from("/")
     };
@@ -412,19 +359,13 @@ fn spawn(
     let env = build_env(user, &settings.env_vars, &config.envs, pty.is_some());
 
     let mut cmd = Command::new(&config.cmd);
-    cmd.args(&config.args)
-        .env_clear()
-        .envs(&env)
-        .current_dir(&cwd);
+    cmd.args(&config.args).env_clear().envs(&env).current_dir(&cwd);
 
     let am_root = nix::unistd::geteuid().is_root();
     if !am_root && user.uid != nix::unistd::geteuid().as_raw() {
         return Err(ConnectError::new(
             Code::PermissionDenied,
-            format!(
-                "the agent does not run as root and cannot act as user '{}'",
-                user.name
-            ),
+            format!("the agent does not run as root and cannot act as user '{}'", user.name),
         ));
     }
     let groups: Vec<libc::gid_t> = crate::users::groups_of(&user.name, user.gid);
@@ -433,13 +374,9 @@ fn spawn(
     let mut pty_master: Option<OwnedFd> = None;
     if let Some(p) = pty {
         let size = p.size.unwrap_or(PtySize { cols: 80, rows: 24 });
-        let pair = nix::pty::openpty(None, None)
-            .map_err(|e| ConnectError::internal(format!("openpty: {e}")))?;
+        let pair = nix::pty::openpty(None, None).map_err(|e| ConnectError::internal(format!("openpty: {e}")))?;
         set_winsize(pair.master.as_raw_fd(), size)?;
-        let dup = |fd: &OwnedFd| {
-            fd.try_clone()
-                .map_err(|e| ConnectError::internal(format!("dup pty: {e}")))
-        };
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| ConnectError::internal(format!("dup pty: {e}")));
         cmd.stdin(Stdio::from(dup(&pair.slave)?))
             .stdout(Stdio::from(dup(&pair.slave)?))
             .stderr(Stdio::from(pair.slave));
@@ -447,13 +384,9 @@ fn spawn(
     } else {
         // SDK 2.63 always sends `stdin`; 2.0.0 never did and expected a pipe.
         let want_stdin = req.stdin.unwrap_or(true);
-        cmd.stdin(if want_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.stdin(if want_stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
     }
     let is_pty = pty.is_some();
     // SAFETY: the closure runs in the forked child before exec and only makes
@@ -467,13 +400,12 @@ fn spawn(
             if is_pty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if am_root {
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+            if am_root
+                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
                     || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(uid) < 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -483,17 +415,9 @@ fn spawn(
     // child before its waiter is registered.
     let (exit_tx, exit_rx) = oneshot::channel();
     let mut child = {
-        let mut waiters = agent
-            .procs
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut waiters = agent.procs.waiters.lock().unwrap_or_else(|p| p.into_inner());
         let child = cmd.spawn().map_err(|e| {
-            let code = if e.kind() == std::io::ErrorKind::NotFound {
-                Code::NotFound
-            } else {
-                Code::Internal
-            };
+            let code = if e.kind() == std::io::ErrorKind::NotFound { Code::NotFound } else { Code::Internal };
             ConnectError::new(code, format!("failed to start '{}': {e}", config.cmd))
         })?;
         waiters.insert(child.id() as i32, exit_tx);
@@ -508,22 +432,12 @@ fn spawn(
             // SAFETY: `master` is an open PTY master descriptor that the
             // AsyncFd takes ownership of and keeps open until it is dropped.
             let registered = unsafe { AsyncFd::register(master) };
-            let master = Arc::new(
-                registered.map_err(|e| ConnectError::internal(format!("pty master: {e}")))?,
-            );
-            (
-                Io::Pty {
-                    master: master.clone(),
-                    write_lock: Default::default(),
-                },
-                vec![Reader::Pty(master)],
-            )
+            let master = Arc::new(registered.map_err(|e| ConnectError::internal(format!("pty master: {e}")))?);
+            (Io::Pty { master: master.clone(), write_lock: Default::default() }, vec![Reader::Pty(master)])
         }
         None => {
-            let stdin = child
-                .stdin
-                .take()
-                .and_then(|s| tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(s)).ok());
+            let stdin =
+                child.stdin.take().and_then(|s| tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(s)).ok());
             let mut readers = Vec::new();
             if let Some(out) = child.stdout.take() {
                 if let Ok(r) = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(out)) {
@@ -535,12 +449,7 @@ fn spawn(
                     readers.push(Reader::Stderr(r));
                 }
             }
-            (
-                Io::Pipes {
-                    stdin: tokio::sync::Mutex::new(stdin),
-                },
-                readers,
-            )
+            (Io::Pipes { stdin: tokio::sync::Mutex::new(stdin) }, readers)
         }
     };
 
@@ -552,10 +461,7 @@ fn spawn(
         config,
         tag: req.tag.clone(),
         io,
-        subs: Mutex::new(Subs {
-            list: vec![first_tx],
-            ended: false,
-        }),
+        subs: Mutex::new(Subs { list: vec![first_tx], ended: false }),
     });
     agent.procs.lock_procs().insert(pid, proc.clone());
     supervise(agent, proc.clone(), readers, exit_rx);
@@ -600,10 +506,7 @@ async fn pump<R: AsyncRead + Unpin>(
         };
         match n {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                proc.broadcast(ProcessEvent::Data(wrap(buf[..n].to_vec())))
-                    .await
-            }
+            Ok(n) => proc.broadcast(ProcessEvent::Data(wrap(buf[..n].to_vec()))).await,
         }
     }
 }
@@ -623,26 +526,16 @@ async fn pump_pty(proc: &Proc, master: &AsyncFd<OwnedFd>, mut exited: watch::Rec
             }
         };
         let Ok(mut guard) = ready else { break };
-        match guard.try_io(|fd| {
-            nix::unistd::read(fd.get_ref().as_raw_fd(), &mut buf).map_err(std::io::Error::from)
-        }) {
+        match guard.try_io(|fd| nix::unistd::read(fd.get_ref().as_raw_fd(), &mut buf).map_err(std::io::Error::from)) {
             // EIO: every slave end is closed.
             Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => {
-                proc.broadcast(ProcessEvent::Data(DataEvent::Pty(buf[..n].to_vec())))
-                    .await
-            }
+            Ok(Ok(n)) => proc.broadcast(ProcessEvent::Data(DataEvent::Pty(buf[..n].to_vec()))).await,
             Err(_would_block) => continue,
         }
     }
 }
 
-fn supervise(
-    agent: &Agent,
-    proc: Arc<Proc>,
-    readers: Vec<Reader>,
-    exit_rx: oneshot::Receiver<WaitStatus>,
-) {
+fn supervise(agent: &Agent, proc: Arc<Proc>, readers: Vec<Reader>, exit_rx: oneshot::Receiver<WaitStatus>) {
     let (exited_tx, exited_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for r in readers {
@@ -745,19 +638,9 @@ pub async fn connect_stream(agent: Arc<Agent>, ctx: RpcCtx, sel: ProcessSelector
         Err(e) => return tx.finish(Some(e)).await,
     };
     let Some(rx) = proc.subscribe() else {
-        return tx
-            .finish(Some(ConnectError::not_found(format!(
-                "process {} has ended",
-                proc.pid
-            ))))
-            .await;
+        return tx.finish(Some(ConnectError::not_found(format!("process {} has ended", proc.pid)))).await;
     };
-    if !tx
-        .send(&StartResponse {
-            event: ProcessEvent::Start(StartEvent { pid: proc.pid }),
-        })
-        .await
-    {
+    if !tx.send(&StartResponse { event: ProcessEvent::Start(StartEvent { pid: proc.pid }) }).await {
         return;
     }
     relay(proc, rx, tx, ctx.timeout, false, ctx.keepalive).await
@@ -765,46 +648,32 @@ pub async fn connect_stream(agent: Arc<Agent>, ctx: RpcCtx, sel: ProcessSelector
 
 /// `process.Process/StreamInput`: a start message naming the process, then
 /// data messages, applied as they arrive.
-pub async fn stream_input(
-    agent: &Agent,
-    mut body: Incoming,
-    limit: usize,
-) -> Result<(), ConnectError> {
+pub async fn stream_input(agent: &Agent, mut body: Incoming, limit: usize) -> Result<(), ConnectError> {
     let mut d = Decoder::new(limit);
     let mut target: Option<Arc<Proc>> = None;
     loop {
-        while let Some(env) = d
-            .next_envelope()
-            .map_err(|e| ConnectError::new(crate::server::frame_code(&e), e.to_string()))?
+        while let Some(env) =
+            d.next_envelope().map_err(|e| ConnectError::new(crate::server::frame_code(&e), e.to_string()))?
         {
             if env.is_end_stream() {
                 return Ok(());
             }
             let msg: StreamInputRequest = crate::server::parse(&env.payload)?;
             match (msg, &target) {
-                (StreamInputRequest::Start(s), None) => {
-                    target = Some(agent.procs.find(&s.process)?)
-                }
+                (StreamInputRequest::Start(s), None) => target = Some(agent.procs.find(&s.process)?),
                 (StreamInputRequest::Start(_), Some(_)) => {
                     return Err(ConnectError::invalid("StreamInput: start sent twice"));
                 }
                 (StreamInputRequest::Data(data), Some(p)) => write_input(p, data.input).await?,
                 (StreamInputRequest::Data(_), None) => {
-                    return Err(ConnectError::invalid(
-                        "StreamInput: the first message must be start",
-                    ));
+                    return Err(ConnectError::invalid("StreamInput: the first message must be start"));
                 }
                 (StreamInputRequest::Keepalive(_), _) => {}
             }
         }
         match body.frame().await {
             None => break,
-            Some(Err(e)) => {
-                return Err(ConnectError::new(
-                    Code::Canceled,
-                    format!("reading input stream: {e}"),
-                ))
-            }
+            Some(Err(e)) => return Err(ConnectError::new(Code::Canceled, format!("reading input stream: {e}"))),
             Some(Ok(f)) => {
                 if let Ok(data) = f.into_data() {
                     d.push(&data);
@@ -812,8 +681,7 @@ pub async fn stream_input(
             }
         }
     }
-    d.finish()
-        .map_err(|e| ConnectError::invalid(e.to_string()))?;
+    d.finish().map_err(|e| ConnectError::invalid(e.to_string()))?;
     if target.is_none() {
         return Err(ConnectError::invalid("StreamInput: no start message"));
     }

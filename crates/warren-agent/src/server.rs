@@ -36,10 +36,7 @@ pub struct StreamTx {
 impl StreamTx {
     /// Sends one message. False when the client has gone away.
     pub async fn send<T: Serialize>(&self, msg: &T) -> bool {
-        self.tx
-            .send(Ok(connect::message_envelope(msg)))
-            .await
-            .is_ok()
+        self.tx.send(Ok(connect::message_envelope(msg))).await.is_ok()
     }
 
     /// Sends the end-of-stream frame; the body ends when `self` drops.
@@ -64,21 +61,12 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Re
 
 /// The `{code: int, message}` error of the plain HTTP endpoints.
 pub fn http_error(status: StatusCode, message: impl Into<String>) -> Response<RespBody> {
-    json_response(
-        status,
-        &HttpError {
-            code: status.as_u16(),
-            message: message.into(),
-        },
-    )
+    json_response(status, &HttpError { code: status.as_u16(), message: message.into() })
 }
 
 /// A unary Connect error reply.
 pub fn connect_error(e: &ConnectError) -> Response<RespBody> {
-    json_response(
-        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        e,
-    )
+    json_response(StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e)
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -101,13 +89,8 @@ fn basic_user(h: &HeaderMap) -> Result<Option<String>, ConnectError> {
         return Ok(None);
     };
     let bad = || ConnectError::new(Code::Unauthenticated, "malformed Authorization header");
-    let b64 = v
-        .strip_prefix("Basic ")
-        .or_else(|| v.strip_prefix("basic "))
-        .ok_or_else(bad)?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|_| bad())?;
+    let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")).ok_or_else(bad)?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| bad())?;
     let s = String::from_utf8(raw).map_err(|_| bad())?;
     let user = s.split_once(':').map(|(u, _)| u).unwrap_or(&s);
     Ok(Some(user.to_string()))
@@ -117,8 +100,7 @@ fn basic_user(h: &HeaderMap) -> Result<Option<String>, ConnectError> {
 pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ConnectError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ConnectError::new(Code::Canceled, format!("reading request body: {e}")))?;
+        let frame = frame.map_err(|e| ConnectError::new(Code::Canceled, format!("reading request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
                 return Err(ConnectError::new(
@@ -134,23 +116,17 @@ pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Connec
 
 /// Parses a JSON message; an empty body is the empty message.
 pub fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ConnectError> {
-    let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        payload
-    };
-    serde_json::from_slice(payload)
-        .map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")))
+    let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) { b"{}" } else { payload };
+    serde_json::from_slice(payload).map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")))
 }
 
 /// Entry point for every request.
 pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespBody> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/health") | (&Method::HEAD, "/health") => Response::builder()
-            .status(StatusCode::NO_CONTENT)
-            .body(body::empty())
-            .unwrap_or_default(),
+        (&Method::GET, "/health") | (&Method::HEAD, "/health") => {
+            Response::builder().status(StatusCode::NO_CONTENT).body(body::empty()).unwrap_or_default()
+        }
         (&Method::POST, "/init") => init(&agent, req).await,
         (&Method::GET, "/envs") => {
             if !token_ok(&agent, req.headers()) {
@@ -159,9 +135,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespB
             json_response(StatusCode::OK, &agent.settings().env_vars)
         }
         (_, "/files") => files::handle(agent, req).await,
-        (m, p)
-            if p.starts_with("/process.Process/") || p.starts_with("/filesystem.Filesystem/") =>
-        {
+        (m, p) if p.starts_with("/process.Process/") || p.starts_with("/filesystem.Filesystem/") => {
             if m != Method::POST {
                 return connect_error(&ConnectError::new(
                     Code::Unimplemented,
@@ -170,19 +144,13 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespB
             }
             rpc(agent, req).await
         }
-        _ => http_error(
-            StatusCode::NOT_FOUND,
-            format!("no route for {} {path}", req.method()),
-        ),
+        _ => http_error(StatusCode::NOT_FOUND, format!("no route for {} {path}", req.method())),
     }
 }
 
 async fn init(agent: &Agent, req: Request<Incoming>) -> Response<RespBody> {
     let Some(expected) = agent.config.init_token.clone() else {
-        return http_error(
-            StatusCode::FORBIDDEN,
-            "bootstrap is disabled: the agent was started without an init token",
-        );
+        return http_error(StatusCode::FORBIDDEN, "bootstrap is disabled: the agent was started without an init token");
     };
     let ok = header_str(req.headers(), warren_proto::INIT_TOKEN_HEADER)
         .map(|got| constant_time_eq(got.as_bytes(), expected.as_bytes()))
@@ -205,10 +173,7 @@ async fn init(agent: &Agent, req: Request<Incoming>) -> Response<RespBody> {
     }
     if let Some(w) = &init.default_workdir {
         if !w.is_empty() && !std::path::Path::new(w).is_absolute() {
-            return http_error(
-                StatusCode::BAD_REQUEST,
-                format!("workdir '{w}' must be absolute"),
-            );
+            return http_error(StatusCode::BAD_REQUEST, format!("workdir '{w}' must be absolute"));
         }
     }
     agent.update_settings(|s| {
@@ -225,10 +190,7 @@ async fn init(agent: &Agent, req: Request<Incoming>) -> Response<RespBody> {
             s.env_vars = e;
         }
     });
-    Response::builder()
-        .status(StatusCode::NO_CONTENT)
-        .body(body::empty())
-        .unwrap_or_default()
+    Response::builder().status(StatusCode::NO_CONTENT).body(body::empty()).unwrap_or_default()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -240,9 +202,7 @@ enum Kind {
 
 fn kind_of(path: &str) -> Option<Kind> {
     Some(match path {
-        "/process.Process/Start"
-        | "/process.Process/Connect"
-        | "/filesystem.Filesystem/WatchDir" => Kind::ServerStream,
+        "/process.Process/Start" | "/process.Process/Connect" | "/filesystem.Filesystem/WatchDir" => Kind::ServerStream,
         "/process.Process/StreamInput" => Kind::ClientStream,
         "/process.Process/List"
         | "/process.Process/SendInput"
@@ -262,29 +222,16 @@ fn kind_of(path: &str) -> Option<Kind> {
 }
 
 fn media_type(h: &HeaderMap) -> String {
-    header_str(h, "content-type")
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+    header_str(h, "content-type").unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 async fn rpc(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespBody> {
     let path = req.uri().path().to_string();
     let Some(kind) = kind_of(&path) else {
-        return connect_error(&ConnectError::new(
-            Code::Unimplemented,
-            format!("unknown procedure {path}"),
-        ));
+        return connect_error(&ConnectError::new(Code::Unimplemented, format!("unknown procedure {path}")));
     };
     let ct = media_type(req.headers());
-    let want = if kind == Kind::Unary {
-        connect::CONTENT_TYPE_UNARY
-    } else {
-        connect::CONTENT_TYPE_STREAM
-    };
+    let want = if kind == Kind::Unary { connect::CONTENT_TYPE_UNARY } else { connect::CONTENT_TYPE_STREAM };
     if ct != want {
         let mut r = connect_error(&ConnectError::new(
             Code::Unimplemented,
@@ -294,27 +241,19 @@ async fn rpc(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespBody> {
         return r;
     }
     if !token_ok(&agent, req.headers()) {
-        return connect_error(&ConnectError::new(
-            Code::Unauthenticated,
-            "invalid access token",
-        ));
+        return connect_error(&ConnectError::new(Code::Unauthenticated, "invalid access token"));
     }
     let user = match basic_user(req.headers()).and_then(|u| agent.resolve_user(u.as_deref())) {
         Ok(u) => u,
         Err(e) => return connect_error(&e),
     };
-    let timeout = header_str(req.headers(), "connect-timeout-ms")
-        .and_then(connect::parse_timeout_ms)
-        .map(Duration::from_millis);
+    let timeout =
+        header_str(req.headers(), "connect-timeout-ms").and_then(connect::parse_timeout_ms).map(Duration::from_millis);
     let keepalive = header_str(req.headers(), "keepalive-ping-interval")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|s| *s > 0)
         .map(Duration::from_secs);
-    let ctx = RpcCtx {
-        user,
-        timeout,
-        keepalive,
-    };
+    let ctx = RpcCtx { user, timeout, keepalive };
     let limit = agent.config.max_message_bytes;
 
     match kind {
@@ -333,14 +272,11 @@ async fn rpc(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespBody> {
             }
         }
         Kind::ServerStream => {
-            let (tx, resp_body) = ChannelBody::new(32);
+            let (tx, resp_body) = ChannelBody::channel(32);
             let stx = StreamTx { tx };
             let body = req.into_body();
             tokio::spawn(async move {
-                let payload = match read_body(body, limit + 5)
-                    .await
-                    .and_then(|b| single_envelope(&b, limit))
-                {
+                let payload = match read_body(body, limit + 5).await.and_then(|b| single_envelope(&b, limit)) {
                     Ok(p) => p,
                     Err(e) => return stx.finish(Some(e)).await,
                 };
@@ -349,7 +285,7 @@ async fn rpc(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespBody> {
             stream_response(resp_body)
         }
         Kind::ClientStream => {
-            let (tx, resp_body) = ChannelBody::new(4);
+            let (tx, resp_body) = ChannelBody::channel(4);
             let stx = StreamTx { tx };
             let body = req.into_body();
             tokio::spawn(async move {
@@ -384,21 +320,14 @@ fn single_envelope(body: &[u8], limit: usize) -> Result<Bytes, ConnectError> {
         .map_err(|e| ConnectError::new(frame_code(&e), e.to_string()))?
         .ok_or_else(|| ConnectError::invalid("request stream holds no complete message"))?;
     if first.is_end_stream() {
-        return Err(ConnectError::invalid(
-            "request stream starts with an end-of-stream frame",
-        ));
+        return Err(ConnectError::invalid("request stream starts with an end-of-stream frame"));
     }
     match d.next_envelope() {
         Ok(None) => {}
-        Ok(Some(_)) => {
-            return Err(ConnectError::invalid(
-                "server-streaming call takes exactly one request message",
-            ))
-        }
+        Ok(Some(_)) => return Err(ConnectError::invalid("server-streaming call takes exactly one request message")),
         Err(e) => return Err(ConnectError::new(frame_code(&e), e.to_string())),
     }
-    d.finish()
-        .map_err(|e| ConnectError::invalid(e.to_string()))?;
+    d.finish().map_err(|e| ConnectError::invalid(e.to_string()))?;
     Ok(first.payload)
 }
 
@@ -414,12 +343,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ConnectError> {
     serde_json::to_vec(v).map_err(|e| ConnectError::internal(format!("encoding reply: {e}")))
 }
 
-async fn unary(
-    agent: &Arc<Agent>,
-    ctx: &RpcCtx,
-    path: &str,
-    body: &[u8],
-) -> Result<Vec<u8>, ConnectError> {
+async fn unary(agent: &Arc<Agent>, ctx: &RpcCtx, path: &str, body: &[u8]) -> Result<Vec<u8>, ConnectError> {
     use warren_proto::filesystem as f;
     use warren_proto::process as p;
     match path {
@@ -448,27 +372,19 @@ async fn unary(
         }
         "/filesystem.Filesystem/Stat" => {
             let r: f::StatRequest = parse(body)?;
-            to_json(&f::EntryResponse {
-                entry: fsops::stat(&ctx.user, &agent.settings(), &r.path).await?,
-            })
+            to_json(&f::EntryResponse { entry: fsops::stat(&ctx.user, &agent.settings(), &r.path).await? })
         }
         "/filesystem.Filesystem/MakeDir" => {
             let r: f::MakeDirRequest = parse(body)?;
-            to_json(&f::EntryResponse {
-                entry: fsops::make_dir(&ctx.user, &agent.settings(), &r.path).await?,
-            })
+            to_json(&f::EntryResponse { entry: fsops::make_dir(&ctx.user, &agent.settings(), &r.path).await? })
         }
         "/filesystem.Filesystem/Move" => {
             let r: f::MoveRequest = parse(body)?;
-            to_json(&f::EntryResponse {
-                entry: fsops::rename(&ctx.user, &agent.settings(), &r).await?,
-            })
+            to_json(&f::EntryResponse { entry: fsops::rename(&ctx.user, &agent.settings(), &r).await? })
         }
         "/filesystem.Filesystem/ListDir" => {
             let r: f::ListDirRequest = parse(body)?;
-            to_json(&f::ListDirResponse {
-                entries: fsops::list_dir(&ctx.user, &agent.settings(), &r).await?,
-            })
+            to_json(&f::ListDirResponse { entries: fsops::list_dir(&ctx.user, &agent.settings(), &r).await? })
         }
         "/filesystem.Filesystem/Remove" => {
             let r: f::RemoveRequest = parse(body)?;
@@ -482,19 +398,14 @@ async fn unary(
         }
         "/filesystem.Filesystem/GetWatcherEvents" => {
             let r: f::GetWatcherEventsRequest = parse(body)?;
-            to_json(&f::GetWatcherEventsResponse {
-                events: agent.watchers.drain(&r.watcher_id)?,
-            })
+            to_json(&f::GetWatcherEventsResponse { events: agent.watchers.drain(&r.watcher_id)? })
         }
         "/filesystem.Filesystem/RemoveWatcher" => {
             let r: f::RemoveWatcherRequest = parse(body)?;
             agent.watchers.remove(&r.watcher_id)?;
             to_json(&f::Empty {})
         }
-        _ => Err(ConnectError::new(
-            Code::Unimplemented,
-            format!("unknown procedure {path}"),
-        )),
+        _ => Err(ConnectError::new(Code::Unimplemented, format!("unknown procedure {path}"))),
     }
 }
 
@@ -504,22 +415,14 @@ async fn server_stream(agent: Arc<Agent>, ctx: RpcCtx, path: &str, payload: Byte
             Ok(req) => process::start_stream(agent, ctx, req, tx).await,
             Err(e) => tx.finish(Some(e)).await,
         },
-        "/process.Process/Connect" => {
-            match parse::<warren_proto::process::ConnectRequest>(&payload) {
-                Ok(req) => process::connect_stream(agent, ctx, req.process, tx).await,
-                Err(e) => tx.finish(Some(e)).await,
-            }
-        }
+        "/process.Process/Connect" => match parse::<warren_proto::process::ConnectRequest>(&payload) {
+            Ok(req) => process::connect_stream(agent, ctx, req.process, tx).await,
+            Err(e) => tx.finish(Some(e)).await,
+        },
         "/filesystem.Filesystem/WatchDir" => match parse(&payload) {
             Ok(req) => watch::watch_stream(agent, ctx, req, tx).await,
             Err(e) => tx.finish(Some(e)).await,
         },
-        _ => {
-            tx.finish(Some(ConnectError::new(
-                Code::Unimplemented,
-                format!("unknown procedure {path}"),
-            )))
-            .await
-        }
+        _ => tx.finish(Some(ConnectError::new(Code::Unimplemented, format!("unknown procedure {path}")))).await,
     }
 }

@@ -38,12 +38,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(config: Config, settings: Settings) -> Self {
-        Agent {
-            config,
-            settings: RwLock::new(settings),
-            procs: Arc::default(),
-            watchers: Watchers::default(),
-        }
+        Agent { config, settings: RwLock::new(settings), procs: Arc::default(), watchers: Watchers::default() }
     }
 
     pub fn settings(&self) -> Settings {
@@ -71,8 +66,7 @@ impl Agent {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => self.settings().default_user,
         };
-        users::by_name(&name).ok_or_else(|| {
-            ConnectError::new(Code::Unauthenticated, format!("invalid username: '{name}'"))
-        })
+        users::by_name(&name)
+            .ok_or_else(|| ConnectError::new(Code::Unauthenticated, format!("invalid username: '{name}'")))
     }
 }

@@ -34,10 +34,7 @@ fn parse_passwd_line(line: &str) -> Option<User> {
 
 /// Looks a user up by name.
 pub fn by_name(name: &str) -> Option<User> {
-    read("/etc/passwd")
-        .lines()
-        .filter_map(parse_passwd_line)
-        .find(|u| u.name == name)
+    read("/etc/passwd").lines().filter_map(parse_passwd_line).find(|u| u.name == name)
 }
 
 /// The supplementary groups `name` belongs to, plus its primary group.
@@ -68,11 +65,7 @@ pub struct Names {
 
 impl Names {
     pub fn load() -> Self {
-        let users = read("/etc/passwd")
-            .lines()
-            .filter_map(parse_passwd_line)
-            .map(|u| (u.uid, u.name))
-            .collect();
+        let users = read("/etc/passwd").lines().filter_map(parse_passwd_line).map(|u| (u.uid, u.name)).collect();
         let groups = read("/etc/group")
             .lines()
             .filter_map(|l| {
@@ -84,19 +77,11 @@ impl Names {
     }
 
     pub fn user(&self, uid: u32) -> String {
-        self.users
-            .iter()
-            .find(|(id, _)| *id == uid)
-            .map(|(_, n)| n.clone())
-            .unwrap_or_else(|| uid.to_string())
+        self.users.iter().find(|(id, _)| *id == uid).map(|(_, n)| n.clone()).unwrap_or_else(|| uid.to_string())
     }
 
     pub fn group(&self, gid: u32) -> String {
-        self.groups
-            .iter()
-            .find(|(id, _)| *id == gid)
-            .map(|(_, n)| n.clone())
-            .unwrap_or_else(|| gid.to_string())
+        self.groups.iter().find(|(id, _)| *id == gid).map(|(_, n)| n.clone()).unwrap_or_else(|| gid.to_string())
     }
 }
 
@@ -107,10 +92,7 @@ mod tests {
     #[test]
     fn passwd_lines() {
         let u = parse_passwd_line("user:x:1000:1000:User,,,:/home/user:/bin/bash").unwrap();
-        assert_eq!(
-            (u.uid, u.gid, u.home.to_str().unwrap()),
-            (1000, 1000, "/home/user")
-        );
+        assert_eq!((u.uid, u.gid, u.home.to_str().unwrap()), (1000, 1000, "/home/user"));
         assert!(parse_passwd_line("broken:x:abc:1:::").is_none());
         assert!(parse_passwd_line("short:x:1").is_none());
     }

@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 use warren_proto::connect::{Code, ConnectError};
-use warren_proto::filesystem::{
-    Empty, EventType, FilesystemEvent, WatchDirRequest, WatchDirResponse,
-};
+use warren_proto::filesystem::{Empty, EventType, FilesystemEvent, WatchDirRequest, WatchDirResponse};
 
 use crate::fsops::{io_error, resolve_path};
 use crate::server::{RpcCtx, StreamTx};
@@ -59,10 +57,7 @@ impl DirWatch {
         let root = resolve_path(&req.path, &user.home);
         let meta = std::fs::metadata(&root).map_err(|e| io_error(&e, "watch", &root))?;
         if !meta.is_dir() {
-            return Err(ConnectError::invalid(format!(
-                "path '{}' is not a directory",
-                root.display()
-            )));
+            return Err(ConnectError::invalid(format!("path '{}' is not a directory", root.display())));
         }
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| ConnectError::new(Code::ResourceExhausted, format!("inotify: {e}")))?;
@@ -70,23 +65,18 @@ impl DirWatch {
         // owns; it stays open and unchanged until the AsyncFd drops.
         let registered = unsafe { AsyncFd::register(Fd(ino)) };
         let fd = registered.map_err(|e| ConnectError::internal(format!("inotify: {e}")))?;
-        let mut w = DirWatch {
-            fd,
-            root: root.clone(),
-            recursive: req.recursive,
-            dirs: HashMap::new(),
-        };
+        let mut w = DirWatch { fd, root: root.clone(), recursive: req.recursive, dirs: HashMap::new() };
         w.add_tree(&root)?;
         Ok(w)
     }
 
     fn add(&mut self, dir: &Path) -> Result<(), ConnectError> {
-        let wd = self.fd.get_ref().0.add_watch(dir, mask()).map_err(|e| {
-            ConnectError::new(
-                Code::ResourceExhausted,
-                format!("watch '{}': {e}", dir.display()),
-            )
-        })?;
+        let wd = self
+            .fd
+            .get_ref()
+            .0
+            .add_watch(dir, mask())
+            .map_err(|e| ConnectError::new(Code::ResourceExhausted, format!("watch '{}': {e}", dir.display())))?;
         self.dirs.insert(wd, dir.to_path_buf());
         Ok(())
     }
@@ -109,14 +99,8 @@ impl DirWatch {
     /// Waits for and returns the next batch of events.
     async fn next_batch(&mut self) -> Result<Vec<FilesystemEvent>, ConnectError> {
         loop {
-            let mut guard = self
-                .fd
-                .readable()
-                .await
-                .map_err(|e| ConnectError::internal(format!("inotify: {e}")))?;
-            let events = match guard
-                .try_io(|fd| fd.get_ref().0.read_events().map_err(std::io::Error::from))
-            {
+            let mut guard = self.fd.readable().await.map_err(|e| ConnectError::internal(format!("inotify: {e}")))?;
+            let events = match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(std::io::Error::from)) {
                 Ok(Ok(evs)) => evs,
                 Ok(Err(e)) => return Err(ConnectError::internal(format!("inotify read: {e}"))),
                 Err(_would_block) => continue,
@@ -139,8 +123,7 @@ impl DirWatch {
                 let is_dir = m.contains(AddWatchFlags::IN_ISDIR);
                 if self.recursive
                     && is_dir
-                    && (m.contains(AddWatchFlags::IN_CREATE)
-                        || m.contains(AddWatchFlags::IN_MOVED_TO))
+                    && (m.contains(AddWatchFlags::IN_CREATE) || m.contains(AddWatchFlags::IN_MOVED_TO))
                 {
                     let _ = self.add_tree(&full);
                 }
@@ -157,14 +140,8 @@ impl DirWatch {
                 } else {
                     continue;
                 };
-                let name = full
-                    .strip_prefix(&self.root)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                out.push(FilesystemEvent {
-                    name,
-                    event_type: kind,
-                });
+                let name = full.strip_prefix(&self.root).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                out.push(FilesystemEvent { name, event_type: kind });
             }
             if !out.is_empty() {
                 return Ok(out);
@@ -233,17 +210,9 @@ impl Watchers {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn create(
-        &self,
-        user: &User,
-        _s: &Settings,
-        req: &WatchDirRequest,
-    ) -> Result<String, ConnectError> {
+    pub fn create(&self, user: &User, _s: &Settings, req: &WatchDirRequest) -> Result<String, ConnectError> {
         if self.lock().len() >= MAX_WATCHERS {
-            return Err(ConnectError::new(
-                Code::ResourceExhausted,
-                format!("at most {MAX_WATCHERS} watchers"),
-            ));
+            return Err(ConnectError::new(Code::ResourceExhausted, format!("at most {MAX_WATCHERS} watchers")));
         }
         let mut w = DirWatch::open(req, user)?;
         let events: Arc<Mutex<VecDeque<FilesystemEvent>>> = Arc::default();
@@ -266,18 +235,13 @@ impl Watchers {
 
     pub fn drain(&self, id: &str) -> Result<Vec<FilesystemEvent>, ConnectError> {
         let map = self.lock();
-        let w = map
-            .get(id)
-            .ok_or_else(|| ConnectError::not_found(format!("watcher '{id}' not found")))?;
+        let w = map.get(id).ok_or_else(|| ConnectError::not_found(format!("watcher '{id}' not found")))?;
         let mut q = w.events.lock().unwrap_or_else(|p| p.into_inner());
         Ok(q.drain(..).collect())
     }
 
     pub fn remove(&self, id: &str) -> Result<(), ConnectError> {
-        let w = self
-            .lock()
-            .remove(id)
-            .ok_or_else(|| ConnectError::not_found(format!("watcher '{id}' not found")))?;
+        let w = self.lock().remove(id).ok_or_else(|| ConnectError::not_found(format!("watcher '{id}' not found")))?;
         w.task.abort();
         Ok(())
     }

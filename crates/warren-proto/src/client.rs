@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,9 +87,7 @@ pub struct AgentClient {
 
 impl fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AgentClient")
-            .field("endpoint", &self.inner.endpoint)
-            .finish()
+        f.debug_struct("AgentClient").field("endpoint", &self.inner.endpoint).finish()
     }
 }
 
@@ -135,9 +132,7 @@ impl AgentClient {
         AgentClient {
             inner: Arc::new(Inner {
                 endpoint: self.inner.endpoint.clone(),
-                access_token: Mutex::new(
-                    self.inner.access_token.lock().ok().and_then(|t| t.clone()),
-                ),
+                access_token: Mutex::new(self.inner.access_token.lock().ok().and_then(|t| t.clone())),
                 user: Some(user.to_string()),
                 conn: tokio::sync::Mutex::new(None),
             }),
@@ -155,23 +150,11 @@ impl AgentClient {
                 return Ok(s.clone());
             }
         }
-        let transport = |source| ClientError::Transport {
-            endpoint: self.inner.endpoint.to_string(),
-            source,
-        };
+        let transport = |source| ClientError::Transport { endpoint: self.inner.endpoint.to_string(), source };
         let sender = match &self.inner.endpoint {
-            Endpoint::Unix(p) => {
-                handshake(
-                    tokio::net::UnixStream::connect(p)
-                        .await
-                        .map_err(transport)?,
-                )
-                .await?
-            }
+            Endpoint::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await.map_err(transport)?).await?,
             Endpoint::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a.as_str())
-                    .await
-                    .map_err(transport)?;
+                let s = tokio::net::TcpStream::connect(a.as_str()).await.map_err(transport)?;
                 let _ = s.set_nodelay(true);
                 handshake(s).await?
             }
@@ -183,12 +166,7 @@ impl AgentClient {
     /// Sends a raw request to the agent. The URI's path and query are kept;
     /// scheme and authority are filled in.
     pub async fn request(&self, mut req: Request<Body>) -> Result<Response<Incoming>> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
+        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
         *req.uri_mut() = format!("http://agent{pq}")
             .parse()
             .map_err(|e| ClientError::Protocol(format!("bad request path {pq:?}: {e}")))?;
@@ -223,12 +201,7 @@ impl AgentClient {
         b
     }
 
-    fn rpc_builder(
-        &self,
-        path: &str,
-        content_type: &str,
-        opts: &CallOptions,
-    ) -> http::request::Builder {
+    fn rpc_builder(&self, path: &str, content_type: &str, opts: &CallOptions) -> http::request::Builder {
         let mut b = Request::builder()
             .method(Method::POST)
             .uri(path)
@@ -244,11 +217,7 @@ impl AgentClient {
     }
 
     /// A unary Connect call.
-    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        path: &str,
-        req: &Req,
-    ) -> Result<Resp> {
+    pub async fn unary<Req: Serialize, Resp: DeserializeOwned>(&self, path: &str, req: &Req) -> Result<Resp> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let req = self
             .rpc_builder(path, connect::CONTENT_TYPE_UNARY, &CallOptions::default())
@@ -260,8 +229,7 @@ impl AgentClient {
         if status != StatusCode::OK {
             return Err(error_from_body(status, &bytes).into());
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Protocol(format!("bad reply to {path}: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("bad reply to {path}: {e}")))
     }
 
     /// A server-streaming Connect call.
@@ -307,28 +275,16 @@ impl AgentClient {
     // ---- process.Process ----
 
     /// Starts a process and returns its event stream (first event: `start`).
-    pub async fn start(
-        &self,
-        req: &proc::StartRequest,
-        opts: &CallOptions,
-    ) -> Result<ProcessStream> {
-        let s = self
-            .server_stream("/process.Process/Start", req, opts)
-            .await?;
-        Ok(ProcessStream { inner: s })
+    pub async fn start(&self, req: &proc::StartRequest, opts: &CallOptions) -> Result<ProcessStream> {
+        let s = self.server_stream("/process.Process/Start", req, opts).await?;
+        ProcessStream::open(s).await
     }
 
     /// Re-attaches to a running process.
-    pub async fn connect(
-        &self,
-        sel: proc::ProcessSelector,
-        opts: &CallOptions,
-    ) -> Result<ProcessStream> {
+    pub async fn connect(&self, sel: proc::ProcessSelector, opts: &CallOptions) -> Result<ProcessStream> {
         let req = proc::ConnectRequest { process: sel };
-        let s = self
-            .server_stream("/process.Process/Connect", &req, opts)
-            .await?;
-        Ok(ProcessStream { inner: s })
+        let s = self.server_stream("/process.Process/Connect", &req, opts).await?;
+        ProcessStream::open(s).await
     }
 
     /// Runs `cmd args…` to completion and collects its output.
@@ -342,10 +298,7 @@ impl AgentClient {
             stdin: Some(false),
             ..Default::default()
         };
-        self.start(&req, &CallOptions::default())
-            .await?
-            .collect()
-            .await
+        self.start(&req, &CallOptions::default()).await?.collect().await
     }
 
     /// Runs a shell command line with `/bin/sh -c`.
@@ -354,141 +307,78 @@ impl AgentClient {
     }
 
     pub async fn list(&self) -> Result<Vec<proc::ProcessInfo>> {
-        let r: proc::ListResponse = self
-            .unary("/process.Process/List", &proc::ListRequest {})
-            .await?;
+        let r: proc::ListResponse = self.unary("/process.Process/List", &proc::ListRequest {}).await?;
         Ok(r.processes)
     }
 
-    pub async fn send_input(
-        &self,
-        sel: proc::ProcessSelector,
-        input: proc::ProcessInput,
-    ) -> Result<()> {
-        let _: proc::Empty = self
-            .unary(
-                "/process.Process/SendInput",
-                &proc::SendInputRequest {
-                    process: sel,
-                    input,
-                },
-            )
-            .await?;
+    pub async fn send_input(&self, sel: proc::ProcessSelector, input: proc::ProcessInput) -> Result<()> {
+        let _: proc::Empty =
+            self.unary("/process.Process/SendInput", &proc::SendInputRequest { process: sel, input }).await?;
         Ok(())
     }
 
     pub async fn close_stdin(&self, sel: proc::ProcessSelector) -> Result<()> {
-        let _: proc::Empty = self
-            .unary(
-                "/process.Process/CloseStdin",
-                &proc::CloseStdinRequest { process: sel },
-            )
-            .await?;
+        let _: proc::Empty =
+            self.unary("/process.Process/CloseStdin", &proc::CloseStdinRequest { process: sel }).await?;
         Ok(())
     }
 
-    pub async fn send_signal(
-        &self,
-        sel: proc::ProcessSelector,
-        signal: proc::Signal,
-    ) -> Result<()> {
-        let _: proc::Empty = self
-            .unary(
-                "/process.Process/SendSignal",
-                &proc::SendSignalRequest {
-                    process: sel,
-                    signal,
-                },
-            )
-            .await?;
+    pub async fn send_signal(&self, sel: proc::ProcessSelector, signal: proc::Signal) -> Result<()> {
+        let _: proc::Empty =
+            self.unary("/process.Process/SendSignal", &proc::SendSignalRequest { process: sel, signal }).await?;
         Ok(())
     }
 
     pub async fn resize(&self, sel: proc::ProcessSelector, size: proc::PtySize) -> Result<()> {
-        let req = proc::UpdateRequest {
-            process: sel,
-            pty: Some(proc::Pty { size: Some(size) }),
-        };
+        let req = proc::UpdateRequest { process: sel, pty: Some(proc::Pty { size: Some(size) }) };
         let _: proc::Empty = self.unary("/process.Process/Update", &req).await?;
         Ok(())
     }
 
     /// Streams input chunks to a process's stdin (or PTY) in one call.
-    pub async fn stream_input<S>(
-        &self,
-        sel: proc::ProcessSelector,
-        pty: bool,
-        chunks: S,
-    ) -> Result<()>
+    pub async fn stream_input<S>(&self, sel: proc::ProcessSelector, pty: bool, chunks: S) -> Result<()>
     where
         S: Stream<Item = Vec<u8>> + Send + Sync + 'static,
     {
         use futures_util::StreamExt as _;
         let first =
-            futures_util::stream::iter([proc::StreamInputRequest::Start(proc::StreamInputStart {
-                process: sel,
-            })]);
+            futures_util::stream::iter([proc::StreamInputRequest::Start(proc::StreamInputStart { process: sel })]);
         let data = chunks.map(move |c| {
-            let input = if pty {
-                proc::ProcessInput::Pty(c)
-            } else {
-                proc::ProcessInput::Stdin(c)
-            };
+            let input = if pty { proc::ProcessInput::Pty(c) } else { proc::ProcessInput::Stdin(c) };
             proc::StreamInputRequest::Data(proc::StreamInputData { input })
         });
-        let _: proc::Empty = self
-            .client_stream("/process.Process/StreamInput", first.chain(data))
-            .await?;
+        let _: proc::Empty = self.client_stream("/process.Process/StreamInput", first.chain(data)).await?;
         Ok(())
     }
 
     // ---- filesystem.Filesystem ----
 
     pub async fn stat(&self, path: &str) -> Result<fs::EntryInfo> {
-        let r: fs::EntryResponse = self
-            .unary(
-                "/filesystem.Filesystem/Stat",
-                &fs::PathRequest { path: path.into() },
-            )
-            .await?;
+        let r: fs::EntryResponse =
+            self.unary("/filesystem.Filesystem/Stat", &fs::PathRequest { path: path.into() }).await?;
         Ok(r.entry)
     }
 
     pub async fn make_dir(&self, path: &str) -> Result<fs::EntryInfo> {
-        let r: fs::EntryResponse = self
-            .unary(
-                "/filesystem.Filesystem/MakeDir",
-                &fs::PathRequest { path: path.into() },
-            )
-            .await?;
+        let r: fs::EntryResponse =
+            self.unary("/filesystem.Filesystem/MakeDir", &fs::PathRequest { path: path.into() }).await?;
         Ok(r.entry)
     }
 
     pub async fn rename(&self, source: &str, destination: &str) -> Result<fs::EntryInfo> {
-        let req = fs::MoveRequest {
-            source: source.into(),
-            destination: destination.into(),
-        };
+        let req = fs::MoveRequest { source: source.into(), destination: destination.into() };
         let r: fs::EntryResponse = self.unary("/filesystem.Filesystem/Move", &req).await?;
         Ok(r.entry)
     }
 
     pub async fn list_dir(&self, path: &str, depth: u32) -> Result<Vec<fs::EntryInfo>> {
-        let req = fs::ListDirRequest {
-            path: path.into(),
-            depth,
-        };
+        let req = fs::ListDirRequest { path: path.into(), depth };
         let r: fs::ListDirResponse = self.unary("/filesystem.Filesystem/ListDir", &req).await?;
         Ok(r.entries)
     }
 
     pub async fn remove(&self, path: &str) -> Result<()> {
-        let _: fs::Empty = self
-            .unary(
-                "/filesystem.Filesystem/Remove",
-                &fs::PathRequest { path: path.into() },
-            )
-            .await?;
+        let _: fs::Empty = self.unary("/filesystem.Filesystem/Remove", &fs::PathRequest { path: path.into() }).await?;
         Ok(())
     }
 
@@ -497,38 +387,23 @@ impl AgentClient {
         req: &fs::WatchDirRequest,
         opts: &CallOptions,
     ) -> Result<MessageStream<fs::WatchDirResponse>> {
-        self.server_stream("/filesystem.Filesystem/WatchDir", req, opts)
-            .await
+        self.server_stream("/filesystem.Filesystem/WatchDir", req, opts).await
     }
 
     pub async fn create_watcher(&self, req: &fs::CreateWatcherRequest) -> Result<String> {
-        let r: fs::WatcherId = self
-            .unary("/filesystem.Filesystem/CreateWatcher", req)
-            .await?;
+        let r: fs::WatcherId = self.unary("/filesystem.Filesystem/CreateWatcher", req).await?;
         Ok(r.watcher_id)
     }
 
     pub async fn get_watcher_events(&self, id: &str) -> Result<Vec<fs::FilesystemEvent>> {
-        let r: fs::GetWatcherEventsResponse = self
-            .unary(
-                "/filesystem.Filesystem/GetWatcherEvents",
-                &fs::WatcherId {
-                    watcher_id: id.into(),
-                },
-            )
-            .await?;
+        let r: fs::GetWatcherEventsResponse =
+            self.unary("/filesystem.Filesystem/GetWatcherEvents", &fs::WatcherId { watcher_id: id.into() }).await?;
         Ok(r.events)
     }
 
     pub async fn remove_watcher(&self, id: &str) -> Result<()> {
-        let _: fs::Empty = self
-            .unary(
-                "/filesystem.Filesystem/RemoveWatcher",
-                &fs::WatcherId {
-                    watcher_id: id.into(),
-                },
-            )
-            .await?;
+        let _: fs::Empty =
+            self.unary("/filesystem.Filesystem/RemoveWatcher", &fs::WatcherId { watcher_id: id.into() }).await?;
         Ok(())
     }
 
@@ -536,9 +411,7 @@ impl AgentClient {
 
     /// `GET /health`: Ok when the agent answers 2xx.
     pub async fn health(&self) -> Result<()> {
-        let req = Request::get("/health")
-            .body(empty())
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let req = Request::get("/health").body(empty()).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = self.request(req).await?;
         let status = resp.status();
         let body = collect_limited(resp.into_body(), 1 << 16).await?;
@@ -592,8 +465,7 @@ impl AgentClient {
         if status != StatusCode::OK {
             return Err(error_from_body(status, &bytes).into());
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Protocol(format!("bad /files reply: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("bad /files reply: {e}")))
     }
 
     /// Writes a small file from memory.
@@ -603,16 +475,10 @@ impl AgentClient {
 
     /// Builds a signed `/files` path and query (what `download_url` and
     /// `upload_url` produce), for a token-protected agent.
-    pub fn signed_files_path(
-        &self,
-        path: &str,
-        op: FileOp,
-        token: &str,
-        expiration: Option<i64>,
-    ) -> String {
+    pub fn signed_files_path(&self, path: &str, op: FileOp, token: &str, expiration: Option<i64>) -> String {
         let user = self.inner.user.clone().unwrap_or_default();
         let sig = crate::http::file_signature(path, op, &user, token, expiration);
-        let mut q = format!("/files?path={}&signature={sig}", urlencode(path));
+        let mut q = format!("/files?path={}&signature={}", urlencode(path), urlencode(&sig));
         if !user.is_empty() {
             q.push_str(&format!("&username={}", urlencode(&user)));
         }
@@ -659,9 +525,7 @@ where
 
 /// A request body holding `data`.
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
 }
 
 /// An empty request body.
@@ -675,9 +539,7 @@ pub async fn collect_limited(mut body: Incoming, limit: usize) -> Result<Bytes> 
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             if out.len() + data.len() > limit {
-                return Err(ClientError::Protocol(format!(
-                    "reply larger than {limit} bytes"
-                )));
+                return Err(ClientError::Protocol(format!("reply larger than {limit} bytes")));
             }
             out.extend_from_slice(&data);
         }
@@ -700,10 +562,7 @@ pub fn error_from_body(status: StatusCode, body: &[u8]) -> ConnectError {
         ),
         Err(_) => ConnectError::new(
             Code::from_http_status(status.as_u16()),
-            format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ),
+            format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])),
         ),
     }
 }
@@ -725,9 +584,7 @@ impl<T: DeserializeOwned> MessageStream<T> {
         }
         let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
         if ct != Some(HeaderValue::from_static(connect::CONTENT_TYPE_STREAM)) {
-            return Err(ClientError::Protocol(format!(
-                "invalid content-type {ct:?}"
-            )));
+            return Err(ClientError::Protocol(format!("invalid content-type {ct:?}")));
         }
         Ok(MessageStream {
             body: resp.into_body(),
@@ -752,11 +609,7 @@ impl<T: DeserializeOwned> MessageStream<T> {
                     self.done = true;
                     let end: EndStream = match serde_json::from_slice(&env.payload) {
                         Ok(e) => e,
-                        Err(e) => {
-                            return Some(Err(ClientError::Protocol(format!(
-                                "bad end-of-stream: {e}"
-                            ))))
-                        }
+                        Err(e) => return Some(Err(ClientError::Protocol(format!("bad end-of-stream: {e}")))),
                     };
                     return end.error.map(|e| Err(e.into()));
                 }
@@ -793,11 +646,31 @@ impl<T: DeserializeOwned> MessageStream<T> {
 /// A Start or Connect stream.
 pub struct ProcessStream {
     inner: MessageStream<proc::StartResponse>,
+    first: Option<proc::ProcessEvent>,
+}
+
+impl fmt::Debug for ProcessStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessStream").finish_non_exhaustive()
+    }
 }
 
 impl ProcessStream {
+    /// Reads the first event, so that a call that failed before the process
+    /// started is an error of the call itself.
+    async fn open(mut inner: MessageStream<proc::StartResponse>) -> Result<Self> {
+        match inner.next().await {
+            Some(Ok(m)) => Ok(ProcessStream { inner, first: Some(m.event) }),
+            Some(Err(e)) => Err(e),
+            None => Err(ClientError::Protocol("stream ended before the start event".into())),
+        }
+    }
+
     /// The next event (keepalives included).
     pub async fn next_event(&mut self) -> Option<Result<proc::ProcessEvent>> {
+        if let Some(ev) = self.first.take() {
+            return Some(Ok(ev));
+        }
         self.inner.next().await.map(|r| r.map(|m| m.event))
     }
 
@@ -807,17 +680,9 @@ impl ProcessStream {
             match self.next_event().await {
                 Some(Ok(proc::ProcessEvent::Start(s))) => return Ok(s.pid),
                 Some(Ok(proc::ProcessEvent::Keepalive(_))) => continue,
-                Some(Ok(other)) => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected start event, got {other:?}"
-                    )))
-                }
+                Some(Ok(other)) => return Err(ClientError::Protocol(format!("expected start event, got {other:?}"))),
                 Some(Err(e)) => return Err(e),
-                None => {
-                    return Err(ClientError::Protocol(
-                        "stream ended before the start event".into(),
-                    ))
-                }
+                None => return Err(ClientError::Protocol("stream ended before the start event".into())),
             }
         }
     }
@@ -832,9 +697,7 @@ impl ProcessStream {
                 proc::ProcessEvent::Data(proc::DataEvent::Stdout(d) | proc::DataEvent::Pty(d)) => {
                     out.stdout.extend_from_slice(&d)
                 }
-                proc::ProcessEvent::Data(proc::DataEvent::Stderr(d)) => {
-                    out.stderr.extend_from_slice(&d)
-                }
+                proc::ProcessEvent::Data(proc::DataEvent::Stderr(d)) => out.stderr.extend_from_slice(&d),
                 proc::ProcessEvent::End(e) => {
                     out.exit_code = e.exit_code;
                     out.status = e.status;
@@ -844,9 +707,7 @@ impl ProcessStream {
             }
         }
         if !ended {
-            return Err(ClientError::Protocol(
-                "stream ended without an end event".into(),
-            ));
+            return Err(ClientError::Protocol("stream ended without an end event".into()));
         }
         Ok(out)
     }

@@ -139,9 +139,7 @@ impl<'de> Deserialize<'de> for Code {
         // Connect peers send string codes; proxies may send the HTTP status.
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(s) => Ok(Code::parse(&s).unwrap_or(Code::Unknown)),
-            serde_json::Value::Number(n) => {
-                Ok(Code::from_http_status(n.as_u64().unwrap_or(0) as u16))
-            }
+            serde_json::Value::Number(n) => Ok(Code::from_http_status(n.as_u64().unwrap_or(0) as u16)),
             _ => Ok(Code::Unknown),
         }
     }
@@ -159,10 +157,7 @@ pub struct ConnectError {
 
 impl ConnectError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ConnectError {
-            code,
-            message: message.into(),
-        }
+        ConnectError { code, message: message.into() }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
@@ -237,10 +232,7 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(limit: usize) -> Self {
-        Decoder {
-            buf: BytesMut::new(),
-            limit,
-        }
+        Decoder { buf: BytesMut::new(), limit }
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -255,10 +247,7 @@ impl Decoder {
         let flags = self.buf[0];
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if len > self.limit {
-            return Err(FrameError::TooLarge {
-                size: len,
-                limit: self.limit,
-            });
+            return Err(FrameError::TooLarge { size: len, limit: self.limit });
         }
         if flags & FLAG_COMPRESSED != 0 {
             return Err(FrameError::Compressed);
@@ -328,10 +317,7 @@ mod tests {
     fn decoder_rejects_oversized_compressed_and_truncated() {
         let mut d = Decoder::new(4);
         d.push(&envelope(0, b"12345"));
-        assert_eq!(
-            d.next_envelope(),
-            Err(FrameError::TooLarge { size: 5, limit: 4 })
-        );
+        assert_eq!(d.next_envelope(), Err(FrameError::TooLarge { size: 5, limit: 4 }));
         let mut d = Decoder::new(100);
         d.push(&envelope(FLAG_COMPRESSED, b"x"));
         assert_eq!(d.next_envelope(), Err(FrameError::Compressed));

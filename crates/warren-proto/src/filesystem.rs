@@ -179,10 +179,9 @@ mod tests {
         let back: EntryInfo = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
         // Numbers, enum numbers and snake_case are accepted on input.
-        let alt: EntryInfo = serde_json::from_value(
-            json!({"type": 1, "size": 7, "modified_time": "x", "symlink_target": "/t"}),
-        )
-        .unwrap();
+        let alt: EntryInfo =
+            serde_json::from_value(json!({"type": 1, "size": 7, "modified_time": "x", "symlink_target": "/t"}))
+                .unwrap();
         assert_eq!(alt.file_type, FileType::File);
         assert_eq!(alt.size, 7);
         assert_eq!(alt.symlink_target.as_deref(), Some("/t"));
@@ -192,14 +191,8 @@ mod tests {
     fn watch_stream_messages() {
         let s = serde_json::to_string(&WatchDirResponse::Start(Empty {})).unwrap();
         assert_eq!(s, r#"{"start":{}}"#);
-        let f = WatchDirResponse::Filesystem(FilesystemEvent {
-            name: "x/y".into(),
-            event_type: EventType::Write,
-        });
-        assert_eq!(
-            serde_json::to_string(&f).unwrap(),
-            r#"{"filesystem":{"name":"x/y","type":"EVENT_TYPE_WRITE"}}"#
-        );
+        let f = WatchDirResponse::Filesystem(FilesystemEvent { name: "x/y".into(), event_type: EventType::Write });
+        assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"filesystem":{"name":"x/y","type":"EVENT_TYPE_WRITE"}}"#);
         let w: WatcherId = serde_json::from_value(json!({"watcherId": "w1"})).unwrap();
         assert_eq!(w.watcher_id, "w1");
     }

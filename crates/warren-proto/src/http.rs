@@ -71,13 +71,7 @@ impl FileOp {
 
 /// The `/files` URL signature: `v1_` + unpadded base64 of
 /// SHA-256(`{path}:{op}:{username}:{token}[:{expiration}]`).
-pub fn file_signature(
-    path: &str,
-    op: FileOp,
-    username: &str,
-    token: &str,
-    expiration: Option<i64>,
-) -> String {
+pub fn file_signature(path: &str, op: FileOp, username: &str, token: &str, expiration: Option<i64>) -> String {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(path.as_bytes());
@@ -91,10 +85,7 @@ pub fn file_signature(
         h.update(b":");
         h.update(exp.to_string().as_bytes());
     }
-    format!(
-        "v1_{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(h.finalize())
-    )
+    format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(h.finalize()))
 }
 
 /// Compares two secrets in time that depends only on their lengths.
@@ -114,9 +105,7 @@ pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -143,9 +132,7 @@ pub fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);
@@ -176,11 +163,7 @@ mod tests {
 
     #[test]
     fn write_info_has_exactly_three_keys() {
-        let w = WriteInfo {
-            name: "a.txt".into(),
-            kind: "file".into(),
-            path: "/home/user/a.txt".into(),
-        };
+        let w = WriteInfo { name: "a.txt".into(), kind: "file".into(), path: "/home/user/a.txt".into() };
         assert_eq!(
             serde_json::to_string(&[w]).unwrap(),
             r#"[{"name":"a.txt","type":"file","path":"/home/user/a.txt"}]"#

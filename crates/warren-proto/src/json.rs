@@ -23,9 +23,7 @@ pub mod b64 {
 
     /// Decodes any of the base64 dialects proto3-JSON allows.
     pub fn decode(s: &str) -> Result<Vec<u8>, String> {
-        use base64::engine::general_purpose::{
-            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
-        };
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
         let s = s.trim();
         let url = s.contains('-') || s.contains('_');
         let padded = s.ends_with('=');

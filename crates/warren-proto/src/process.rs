@@ -227,29 +227,21 @@ mod tests {
         assert_eq!(start.stdin, Some(false));
 
         let sig: SendSignalRequest =
-            serde_json::from_value(json!({"process": {"pid": 42}, "signal": "SIGNAL_SIGKILL"}))
-                .unwrap();
+            serde_json::from_value(json!({"process": {"pid": 42}, "signal": "SIGNAL_SIGKILL"})).unwrap();
         assert_eq!(sig.process, ProcessSelector::Pid(42));
         assert_eq!(sig.signal, Signal::Sigkill);
-        let sig: SendSignalRequest =
-            serde_json::from_value(json!({"process": {"tag": "t"}, "signal": 15})).unwrap();
+        let sig: SendSignalRequest = serde_json::from_value(json!({"process": {"tag": "t"}, "signal": 15})).unwrap();
         assert_eq!(sig.signal, Signal::Sigterm);
 
         let inp: SendInputRequest =
-            serde_json::from_value(json!({"process": {"pid": 42}, "input": {"stdin": "YWJj"}}))
-                .unwrap();
+            serde_json::from_value(json!({"process": {"pid": 42}, "input": {"stdin": "YWJj"}})).unwrap();
         assert_eq!(inp.input, ProcessInput::Stdin(b"abc".to_vec()));
     }
 
     #[test]
     fn events_encode_as_oneofs() {
-        let ev = StartResponse {
-            event: ProcessEvent::Data(DataEvent::Stdout(b"hi\n".to_vec())),
-        };
-        assert_eq!(
-            serde_json::to_string(&ev).unwrap(),
-            r#"{"event":{"data":{"stdout":"aGkK"}}}"#
-        );
+        let ev = StartResponse { event: ProcessEvent::Data(DataEvent::Stdout(b"hi\n".to_vec())) };
+        assert_eq!(serde_json::to_string(&ev).unwrap(), r#"{"event":{"data":{"stdout":"aGkK"}}}"#);
         let end = StartResponse {
             event: ProcessEvent::End(EndEvent {
                 exit_code: 3,
@@ -262,31 +254,17 @@ mod tests {
             serde_json::to_string(&end).unwrap(),
             r#"{"event":{"end":{"exitCode":3,"exited":true,"status":"exit status 3","error":"exit status 3"}}}"#
         );
-        let ok = StartResponse {
-            event: ProcessEvent::End(EndEvent {
-                exited: true,
-                ..Default::default()
-            }),
-        };
-        assert_eq!(
-            serde_json::to_string(&ok).unwrap(),
-            r#"{"event":{"end":{"exited":true}}}"#
-        );
-        let ka = StartResponse {
-            event: ProcessEvent::Keepalive(KeepAlive {}),
-        };
-        assert_eq!(
-            serde_json::to_string(&ka).unwrap(),
-            r#"{"event":{"keepalive":{}}}"#
-        );
+        let ok = StartResponse { event: ProcessEvent::End(EndEvent { exited: true, ..Default::default() }) };
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"event":{"end":{"exited":true}}}"#);
+        let ka = StartResponse { event: ProcessEvent::Keepalive(KeepAlive {}) };
+        assert_eq!(serde_json::to_string(&ka).unwrap(), r#"{"event":{"keepalive":{}}}"#);
     }
 
     #[test]
     fn bad_enum_and_selector_are_rejected() {
-        assert!(serde_json::from_value::<SendSignalRequest>(
-            json!({"process": {"pid": 1}, "signal": "SIGHUP"})
-        )
-        .is_err());
+        assert!(
+            serde_json::from_value::<SendSignalRequest>(json!({"process": {"pid": 1}, "signal": "SIGHUP"})).is_err()
+        );
         assert!(serde_json::from_value::<ConnectRequest>(json!({"process": {}})).is_err());
         assert!(serde_json::from_value::<ConnectRequest>(json!({"process": {"pid": -1}})).is_err());
     }

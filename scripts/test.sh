@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test of warren. Installs what the tests need first (idempotent),
+# so it works on a fresh Debian 12 machine as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: the isolation tests need root (namespaces, cgroups, users)" >&2
+  exit 1
+fi
+
+step "system packages"
+need=()
+command -v unshare >/dev/null || need+=(util-linux)
+command -v ps >/dev/null || need+=(procps)
+command -v od >/dev/null || need+=(coreutils)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+
+step "rust tools"
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "static agent"
+scripts/build-agent.sh
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo nextest run --workspace --no-fail-fast
