@@ -103,9 +103,14 @@ async fn watch_dir_stream_and_polled_watchers() {
     std::fs::write(root.join("p.txt"), b"1").unwrap();
     std::fs::rename(root.join("p.txt"), root.join("q.txt")).unwrap();
     std::fs::remove_file(root.join("q.txt")).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let evs = c.get_watcher_events(&id).await.unwrap();
-    let got: Vec<_> = evs.iter().map(|e| (e.name.as_str(), e.event_type)).collect();
+    let mut got: Vec<(String, EventType)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !got.iter().any(|(n, t)| n == "q.txt" && *t == EventType::Remove) {
+        assert!(std::time::Instant::now() < deadline, "events missing: {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        got.extend(c.get_watcher_events(&id).await.unwrap().into_iter().map(|e| (e.name, e.event_type)));
+    }
+    let got: Vec<(&str, EventType)> = got.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     assert!(got.contains(&("p.txt", EventType::Create)), "{got:?}");
     assert!(got.contains(&("p.txt", EventType::Rename)), "{got:?}");
     assert!(got.contains(&("q.txt", EventType::Remove)), "{got:?}");

@@ -162,19 +162,21 @@ async fn signals_and_not_found() {
 async fn connect_reattaches_by_pid_and_tag() {
     let a = Agent::start();
     let c = a.unix();
-    let mut req = sh("for i in 1 2 3 4 5 6; do echo tick$i; sleep 0.15; done");
+    let flag = a.dir.path().join("stop-ticking");
+    let mut req =
+        sh(&format!("i=0; while [ ! -e {} ]; do i=$((i+1)); echo tick$i; sleep 0.05; done; echo last", flag.display()));
     req.tag = Some("ticker".into());
     let mut first = c.start(&req, &CallOptions::default()).await.unwrap();
     let pid = first.pid().await.unwrap();
     drop(first); // the client goes away; the process keeps running
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut by_tag = c.connect(ProcessSelector::Tag("ticker".into()), &CallOptions::default()).await.unwrap();
     assert_eq!(by_tag.pid().await.unwrap(), pid);
     let by_pid = c.connect(ProcessSelector::Pid(pid), &CallOptions::default()).await.unwrap();
+    std::fs::write(&flag, b"").unwrap();
     let (a_out, b_out) = tokio::join!(by_tag.collect(), by_pid.collect());
     let (a_out, b_out) = (a_out.unwrap(), b_out.unwrap());
-    assert!(String::from_utf8_lossy(&a_out.stdout).ends_with("tick6\n"));
-    assert!(String::from_utf8_lossy(&b_out.stdout).ends_with("tick6\n"));
+    assert!(String::from_utf8_lossy(&a_out.stdout).ends_with("last\n"), "{a_out:?}");
+    assert!(String::from_utf8_lossy(&b_out.stdout).ends_with("last\n"), "{b_out:?}");
     assert_eq!(a_out.exit_code, 0);
     wait_gone(&c, pid).await;
     let e = c.connect(ProcessSelector::Pid(pid), &CallOptions::default()).await.unwrap_err();
@@ -198,7 +200,7 @@ async fn start_deadline_kills_the_process_and_keepalives_flow() {
     wait_gone(&c, pid).await;
 
     let opts = CallOptions { timeout: None, keepalive: Some(1) };
-    let mut s = c.start(&sh("sleep 2.5"), &opts).await.unwrap();
+    let mut s = c.start(&sh("sleep 3.5"), &opts).await.unwrap();
     let mut keepalives = 0;
     while let Some(ev) = s.next_event().await {
         if let ProcessEvent::Keepalive(_) = ev.unwrap() {
@@ -297,19 +299,38 @@ async fn ten_mib_of_stdout_with_bounded_memory() {
 async fn a_hundred_processes_at_once() {
     let a = Agent::start();
     let c = a.unix();
+    let flag = a.dir.path().join("release");
     let mut tasks = Vec::new();
     for i in 0..100 {
         let c = c.clone();
+        let script = format!("while [ ! -e {} ]; do sleep 0.05; done; echo n{i}", flag.display());
         tasks.push(tokio::spawn(async move {
-            let out = c.sh(&format!("sleep 0.3; echo n{i}")).await.unwrap();
+            let out = c.sh(&script).await.unwrap();
             assert_eq!(out.stdout, format!("n{i}\n").as_bytes());
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let running = c.list().await.unwrap().len();
-    assert!(running >= 50, "only {running} listed while running");
+    // All hundred run at the same time: none can finish before the flag exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = c.list().await.unwrap().len();
+        if running == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {running} of 100 running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&flag, b"").unwrap();
     for t in tasks {
         t.await.unwrap();
+    }
+    wait_gone_all(&c).await;
+}
+
+async fn wait_gone_all(c: &AgentClient) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.list().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "processes still listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -323,7 +344,13 @@ async fn orphans_are_reaped_when_the_agent_is_pid_1() {
     for _ in 0..5 {
         c.sh("(sleep 0.1 &) ; (sleep 0.1 &)").await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let out = c.sh("grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l").await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "zombies left behind");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.sh("grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l").await.unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "zombies left behind");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -137,6 +137,12 @@ fn status_field(pid: u32, field: &str) -> u64 {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        let inner = self.agent_pid();
+        if inner != self.child.id() {
+            // Under `unshare --pid --fork` the agent is a grandchild: killing
+            // PID 1 of the namespace takes every process in it along.
+            let _ = Command::new("kill").args(["-9", &inner.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,0 +1,18 @@
+//! warren's vocabulary, shared by every other crate. No I/O beyond reading
+//! the system's random source for ids.
+//!
+//! - [`WorkspaceId`]: lowercase alphanumeric ids (E2B host routing splits on `-`).
+//! - [`Size`]: the resources a workspace gets.
+//! - [`State`] and [`State::can_become`]: the lifecycle state machine.
+//! - [`Clock`]: time, owned by a trait so pools, reaper and metering can run
+//!   on a manual clock in tests and simulations.
+
+mod clock;
+mod id;
+mod size;
+mod state;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use id::{random_token, IdError, WorkspaceId};
+pub use size::{Size, SizeError};
+pub use state::{State, TransitionError};

@@ -1,0 +1,182 @@
+//! The contract between warren's orchestrator and the backends that run
+//! workspaces: local namespaces, Docker, gVisor, microVMs, ECS, Kubernetes.
+//!
+//! Every backend implements [`SandboxProvider`] and must pass the one
+//! [`conformance`] suite. [`fake::ProcessProvider`] runs agents as plain
+//! host processes (no isolation) and passes the same suite; it exists for
+//! tests of the layers above.
+
+pub mod conformance;
+pub mod fake;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use warren_core::{Size, WorkspaceId};
+use warren_proto::endpoint::Endpoint;
+
+/// How strongly a backend isolates workspaces, weakest first (the seed's ladder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationTier {
+    /// Plain host processes: for tests and development only.
+    None,
+    /// Linux namespaces, cgroups, seccomp (container level).
+    Namespaces,
+    /// gVisor's user-space kernel.
+    Gvisor,
+    /// A virtual machine per workspace.
+    Microvm,
+}
+
+/// Network access of a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Loopback only.
+    #[default]
+    None,
+    /// Own address, NAT egress, no path to other workspaces.
+    Bridge,
+    /// The host's network (no isolation).
+    Host,
+}
+
+/// What a backend can do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    pub isolation: IsolationTier,
+    pub pause: bool,
+    pub network_modes: Vec<NetworkMode>,
+    /// Workspaces cannot see each other's files.
+    pub isolated_filesystem: bool,
+    /// Workspaces outlive a restart of the warren server and are adopted.
+    pub survives_server_restart: bool,
+}
+
+/// Everything needed to create one workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSpec {
+    pub id: WorkspaceId,
+    pub template: String,
+    pub size: Size,
+    pub network: NetworkMode,
+    /// Workspace environment (every process sees it).
+    pub env: BTreeMap<String, String>,
+    /// Free-form labels a backend stores with the workspace (tenant, pool…).
+    pub labels: BTreeMap<String, String>,
+    /// Secret for the agent's `/init` call.
+    pub init_token: String,
+    /// Access token the agent demands, if any.
+    pub access_token: Option<String>,
+}
+
+/// Whether a workspace's processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Paused,
+    /// Its processes are gone (crashed, killed, stopped); resources may remain.
+    Exited,
+}
+
+/// A workspace as a backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxInfo {
+    pub id: WorkspaceId,
+    pub template: String,
+    pub size: Size,
+    pub state: RunState,
+    /// Where its agent listens.
+    #[serde(with = "endpoint_str")]
+    pub endpoint: Endpoint,
+    pub created_at_ms: u64,
+    pub labels: BTreeMap<String, String>,
+}
+
+mod endpoint_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use warren_proto::endpoint::Endpoint;
+
+    pub fn serialize<S: Serializer>(e: &Endpoint, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(e)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Endpoint, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Resource usage of a workspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// CPU time used since start, all cores, in nanoseconds.
+    pub cpu_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub pids: u64,
+}
+
+/// A template a backend can create workspaces from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateInfo {
+    pub name: String,
+    pub description: String,
+}
+
+/// Classified backend failures: the orchestrator decides on retries and HTTP
+/// statuses from the class, never from the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("workspace {0} not found")]
+    NotFound(String),
+    #[error("workspace {0} already exists")]
+    AlreadyExists(String),
+    /// The request cannot work as given (unknown template, bad size…).
+    #[error("invalid workspace spec: {0}")]
+    InvalidSpec(String),
+    /// The backend cannot serve now (engine down, …); retrying may help.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend is out of room (memory, pids, cloud capacity).
+    #[error("backend out of capacity: {0}")]
+    Capacity(String),
+    /// The backend cannot do this at all (pause on a backend without it…).
+    #[error("not supported by this backend: {0}")]
+    Unsupported(String),
+    #[error("backend error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, ProviderError>;
+
+/// A backend that runs workspaces.
+///
+/// Calls may run concurrently, also for the same workspace. `create` returns
+/// only once the workspace's agent answers its health check. `destroy` is
+/// idempotent: destroying what is already gone succeeds.
+#[async_trait]
+pub trait SandboxProvider: Send + Sync + 'static {
+    /// Short backend name (`local`, `docker`, …).
+    fn name(&self) -> &str;
+    fn capabilities(&self) -> Capabilities;
+    async fn templates(&self) -> Result<Vec<TemplateInfo>>;
+    async fn create(&self, spec: &CreateSpec) -> Result<SandboxInfo>;
+    async fn inspect(&self, id: &WorkspaceId) -> Result<SandboxInfo>;
+    /// Every workspace this backend holds, running or not (for reconcile).
+    async fn list(&self) -> Result<Vec<SandboxInfo>>;
+    async fn pause(&self, id: &WorkspaceId) -> Result<()>;
+    async fn resume(&self, id: &WorkspaceId) -> Result<()>;
+    /// Ends the workspace's processes; `destroy` releases the rest.
+    async fn stop(&self, id: &WorkspaceId) -> Result<()>;
+    async fn destroy(&self, id: &WorkspaceId) -> Result<()>;
+    async fn stats(&self, id: &WorkspaceId) -> Result<Stats>;
+}
