@@ -34,26 +34,22 @@ impl WorkspaceId {
 
 /// `n` random characters of `[a-z0-9]` from the OS's random source.
 fn random_string(n: usize) -> String {
-    let mut raw = vec![0u8; n * 2];
-    // getrandom only fails when the OS has no random source at all, which
-    // no supported Linux lacks; fall back to the time as a last resort.
-    if getrandom::fill(&mut raw).is_err() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        for (i, b) in raw.iter_mut().enumerate() {
-            *b = (t >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
-        }
-    }
-    // Rejection sampling keeps the distribution uniform (252 = 7 * 36).
     let mut out = String::with_capacity(n);
-    let mut pool = raw.into_iter();
     while out.len() < n {
-        match pool.next() {
-            Some(b) if b < 252 => out.push(ALPHABET[(b % 36) as usize] as char),
-            Some(_) => {}
-            None => {
-                let mut more = [0u8; 16];
-                let _ = getrandom::fill(&mut more);
-                pool = more.to_vec().into_iter();
+        let mut raw = [0u8; 64];
+        // getrandom only fails when the OS has no random source at all, which
+        // no supported Linux lacks; then mix in the time as a last resort.
+        if getrandom::fill(&mut raw).is_err() {
+            let t =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            for (i, b) in raw.iter_mut().enumerate() {
+                *b = (t >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
+            }
+        }
+        // Rejection sampling keeps the distribution uniform (252 = 7 * 36).
+        for b in raw {
+            if b < 252 && out.len() < n {
+                out.push(ALPHABET[(b % 36) as usize] as char);
             }
         }
     }
