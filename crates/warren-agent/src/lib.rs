@@ -52,6 +52,26 @@ pub fn bind(ep: &Endpoint) -> std::io::Result<Listener> {
     }
 }
 
+/// Takes over an inherited, already bound and listening Unix socket.
+pub fn adopt_unix_listener(fd: i32) -> std::io::Result<Listener> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: fstat only reads the descriptor's metadata.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for fstat.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other(format!("fd {fd} is not a socket")));
+    }
+    // SAFETY: the descriptor was handed to this process to own (checked to be
+    // a socket above); nothing else in the agent uses it.
+    let std = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    std.set_nonblocking(true)?;
+    // SAFETY: FD_CLOEXEC so spawned processes do not inherit the listener.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    Ok(Listener::Unix(tokio::net::UnixListener::from_std(std)?, std::path::PathBuf::new()))
+}
+
 /// Accepts connections forever, serving HTTP/1.1 and HTTP/2 on each.
 pub async fn serve(agent: Arc<Agent>, listener: Listener) {
     loop {

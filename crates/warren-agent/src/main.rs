@@ -13,7 +13,8 @@ warren-agent: the in-workspace agent (envd-compatible)
 USAGE: warren-agent [OPTIONS]
 
 OPTIONS:
-  --listen URL             unix:///PATH or tcp://ADDR:PORT; repeatable
+  --listen URL             unix:///PATH, tcp://ADDR:PORT, or fd://N (an inherited,
+                           already listening Unix socket); repeatable
                            (default tcp://0.0.0.0:49983)
   --access-token-file F    require this X-Access-Token (env WARREN_AGENT_ACCESS_TOKEN)
   --init-token-file F      secret for POST /init (env WARREN_AGENT_INIT_TOKEN)
@@ -26,6 +27,8 @@ OPTIONS:
 
 struct Args {
     listen: Vec<Endpoint>,
+    /// Already-bound listening Unix sockets handed over by the sandbox helper.
+    listen_fds: Vec<i32>,
     settings: Settings,
     config: Config,
 }
@@ -64,6 +67,7 @@ fn take_secret_env(name: &str) -> Option<String> {
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut listen = Vec::new();
+    let mut listen_fds = Vec::new();
     let mut access_token = take_secret_env("WARREN_AGENT_ACCESS_TOKEN");
     let mut init_token = take_secret_env("WARREN_AGENT_INIT_TOKEN");
     let mut user = None;
@@ -82,7 +86,13 @@ fn parse_args() -> Result<Option<Args>, String> {
                 println!("warren-agent {} (envd {})", env!("CARGO_PKG_VERSION"), warren_proto::ENVD_VERSION);
                 return Ok(None);
             }
-            "--listen" => listen.push(val("--listen")?.parse::<Endpoint>()?),
+            "--listen" => {
+                let v = val("--listen")?;
+                match v.strip_prefix("fd://") {
+                    Some(n) => listen_fds.push(n.parse::<i32>().map_err(|_| format!("--listen {v}: bad fd number"))?),
+                    None => listen.push(v.parse::<Endpoint>()?),
+                }
+            }
             "--access-token-file" => access_token = Some(read_secret(&val("--access-token-file")?)?),
             "--init-token-file" => init_token = Some(read_secret(&val("--init-token-file")?)?),
             "--user" => user = Some(val("--user")?),
@@ -101,7 +111,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
-    if listen.is_empty() {
+    if listen.is_empty() && listen_fds.is_empty() {
         listen.push(Endpoint::Tcp(format!("0.0.0.0:{}", warren_proto::DEFAULT_PORT)));
     }
     let default_user = match user {
@@ -121,6 +131,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     }
     Ok(Some(Args {
         listen,
+        listen_fds,
         settings: Settings {
             access_token: access_token.filter(|t| !t.is_empty()),
             default_user,
@@ -173,6 +184,18 @@ async fn run(args: Args) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("warren-agent: cannot listen on {ep}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for fd in &args.listen_fds {
+        match warren_agent::adopt_unix_listener(*fd) {
+            Ok(l) => {
+                eprintln!("warren-agent: listening on inherited socket fd {fd}");
+                tokio::spawn(warren_agent::serve(agent.clone(), l));
+            }
+            Err(e) => {
+                eprintln!("warren-agent: cannot use listening fd {fd}: {e}");
                 return ExitCode::FAILURE;
             }
         }

@@ -397,6 +397,13 @@ fn spawn(
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The agent may be shielded from the OOM killer; its processes
+            // must not be. Raising the score needs no privilege.
+            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if adj >= 0 {
+                libc::write(adj, b"0".as_ptr().cast(), 1);
+                libc::close(adj);
+            }
             if is_pty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -1,0 +1,391 @@
+//! The local provider: workspaces as isolated process trees on this host,
+//! with no daemon. See ARCHITECTURE.md for the moving parts.
+//!
+//! Layout under the state directory:
+//! `templates/base/rootfs` (the base template), and per workspace
+//! `workspaces/<id>/{meta.json, rootfs/, scratch/, agent.sock}`.
+//! Mounts live only in the workspace's own mount namespace, so they vanish
+//! with it: a crash of the server leaves no mount behind.
+
+pub mod cgroup;
+pub mod sandbox;
+pub mod security;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use warren_core::{Clock, Size, SystemClock, WorkspaceId};
+use warren_proto::endpoint::Endpoint;
+use warren_provider::fake::wait_healthy;
+use warren_provider::{
+    Capabilities, CreateSpec, IsolationTier, NetworkMode, ProviderError, Result, RunState, SandboxInfo,
+    SandboxProvider, Stats, TemplateInfo,
+};
+
+use crate::cgroup::Cgroups;
+use crate::sandbox::SandboxConfig;
+
+/// How the local provider is set up.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Holds templates and workspaces (default `/var/lib/warren/local`).
+    pub state_dir: PathBuf,
+    /// The agent binary injected into every workspace (static for OCI images).
+    pub agent: PathBuf,
+    /// The `warren-sandbox` helper.
+    pub helper: PathBuf,
+    /// Install the seccomp filter (on by default).
+    pub seccomp: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    template: String,
+    size: Size,
+    network: NetworkMode,
+    created_at_ms: u64,
+    labels: BTreeMap<String, String>,
+    /// Host pid of the workspace's init (the agent).
+    pid: i32,
+    start_ticks: u64,
+}
+
+pub struct LocalProvider {
+    cfg: LocalConfig,
+    cgroups: Cgroups,
+    base: tokio::sync::OnceCell<template::Template>,
+}
+
+fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ProviderError + '_ {
+    move |e| ProviderError::Internal(format!("{what}: {e}"))
+}
+
+impl LocalProvider {
+    /// Checks the host (root, cgroups, helper and agent present).
+    pub fn new(cfg: LocalConfig) -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ProviderError::Unavailable(
+                "the local provider needs root (namespaces, cgroups, mounts)".into(),
+            ));
+        }
+        for (what, p) in [("agent", &cfg.agent), ("sandbox helper", &cfg.helper)] {
+            if !p.is_file() {
+                return Err(ProviderError::Unavailable(format!("{what} binary not found at {}", p.display())));
+            }
+        }
+        let cgroups = Cgroups::detect().map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        std::fs::create_dir_all(cfg.state_dir.join("workspaces")).map_err(internal("state dir"))?;
+        Ok(LocalProvider { cfg, cgroups, base: tokio::sync::OnceCell::new() })
+    }
+
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    fn dir(&self, id: &WorkspaceId) -> PathBuf {
+        self.cfg.state_dir.join("workspaces").join(id.as_str())
+    }
+
+    async fn base(&self) -> Result<&template::Template> {
+        self.base
+            .get_or_try_init(|| async {
+                let dir = self.cfg.state_dir.join("templates");
+                tokio::task::spawn_blocking(move || template::ensure_base(&dir))
+                    .await
+                    .map_err(|e| ProviderError::Internal(format!("template task: {e}")))?
+                    .map_err(internal("building the base template"))
+            })
+            .await
+    }
+
+    fn read_meta(&self, id: &WorkspaceId) -> Result<Meta> {
+        let raw = std::fs::read(self.dir(id).join("meta.json")).map_err(|_| ProviderError::NotFound(id.to_string()))?;
+        serde_json::from_slice(&raw).map_err(|e| ProviderError::Internal(format!("corrupt meta of {id}: {e}")))
+    }
+
+    fn info(&self, id: &WorkspaceId, m: &Meta) -> SandboxInfo {
+        let state = if proc_alive(m.pid, m.start_ticks) {
+            if self.cgroups.is_frozen(id.as_str()) {
+                RunState::Paused
+            } else {
+                RunState::Running
+            }
+        } else {
+            RunState::Exited
+        };
+        SandboxInfo {
+            id: id.clone(),
+            template: m.template.clone(),
+            size: m.size,
+            state,
+            endpoint: Endpoint::Unix(self.dir(id).join("agent.sock")),
+            created_at_ms: m.created_at_ms,
+            labels: m.labels.clone(),
+        }
+    }
+
+    /// Removes everything of a workspace that is not running (best effort,
+    /// then the error of the first step that failed).
+    fn teardown(&self, id: &WorkspaceId, pid: Option<(i32, u64)>) -> Result<()> {
+        if let Some((pid, ticks)) = pid {
+            kill_and_wait(pid, ticks)?;
+        }
+        self.cgroups.destroy(id.as_str()).map_err(internal("removing cgroups"))?;
+        match std::fs::remove_dir_all(self.dir(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ProviderError::Internal(format!("removing {id}: {e}"))),
+        }
+    }
+
+    async fn launch(&self, spec: &CreateSpec, dir: &Path) -> Result<(i32, u64)> {
+        let base = self.base().await?.clone();
+        let procs = self.cgroups.create(spec.id.as_str(), &spec.size).map_err(internal("creating cgroups"))?;
+        let mut agent_args = vec!["--user".to_string(), "user".to_string(), "--workdir".into(), "/home/user".into()];
+        for (k, v) in &spec.env {
+            agent_args.push("--env".into());
+            agent_args.push(format!("{k}={v}"));
+        }
+        let mut agent_env = vec![("WARREN_AGENT_INIT_TOKEN".to_string(), spec.init_token.clone())];
+        if let Some(t) = &spec.access_token {
+            agent_env.push(("WARREN_AGENT_ACCESS_TOKEN".into(), t.clone()));
+        }
+        let disk = spec.size.disk_mib as u64 * 1024 * 1024;
+        let cfg = SandboxConfig {
+            id: spec.id.to_string(),
+            dir: dir.to_path_buf(),
+            layers: vec![base.rootfs.clone()],
+            host_binds: base.host_binds.clone(),
+            disk_bytes: disk,
+            tmp_bytes: disk.min(512 << 20),
+            agent: self.cfg.agent.clone(),
+            agent_args,
+            agent_env,
+            cgroup_procs: procs,
+            seccomp: self.cfg.seccomp,
+        };
+        let json = serde_json::to_vec(&cfg).map_err(|e| ProviderError::Internal(e.to_string()))?;
+        let mut child = tokio::process::Command::new(&self.cfg.helper)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| ProviderError::Unavailable(format!("cannot run {}: {e}", self.cfg.helper.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&json).await.map_err(internal("writing sandbox config"))?;
+        }
+        let stdout = child.stdout.take().ok_or_else(|| ProviderError::Internal("no helper stdout".into()))?;
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        match tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ProviderError::Internal(format!("reading sandbox helper: {e}"))),
+            Err(_) => {
+                let _ = child.start_kill();
+                return Err(ProviderError::Unavailable("sandbox helper did not answer within 30 s".into()));
+            }
+        }
+        // The shim keeps running as the init's parent; tokio reaps it when it ends.
+        drop(child);
+        let line = line.trim();
+        if let Some(pid) = line.strip_prefix("ok ").and_then(|p| p.parse::<i32>().ok()) {
+            return Ok((pid, start_ticks(pid)));
+        }
+        let reason = line.strip_prefix("error ").unwrap_or(line);
+        Err(classify_launch_error(reason))
+    }
+}
+
+fn classify_launch_error(reason: &str) -> ProviderError {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("no space") || r.contains("cannot allocate memory") || r.contains("resource temporarily unavailable")
+    {
+        ProviderError::Capacity(reason.to_string())
+    } else if reason.is_empty() {
+        ProviderError::Internal("sandbox helper exited without a word".into())
+    } else {
+        ProviderError::Internal(format!("sandbox setup failed: {reason}"))
+    }
+}
+
+/// Start time (clock ticks since boot) of a process, to tell pid reuse apart.
+fn start_ticks(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, a)| a.split_whitespace().nth(19).and_then(|v| v.parse().ok())))
+        .unwrap_or(0)
+}
+
+/// A live, non-zombie process with this start time.
+fn proc_alive(pid: i32, ticks: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Some((_, after)) = stat.rsplit_once(')') else { return false };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let state = f.first().copied().unwrap_or("X");
+    state != "Z" && state != "X" && f.get(19).and_then(|v| v.parse::<u64>().ok()) == Some(ticks)
+}
+
+/// Kills a workspace's init (which takes its whole pid namespace along).
+fn kill_and_wait(pid: i32, ticks: u64) -> Result<()> {
+    if !proc_alive(pid, ticks) {
+        return Ok(());
+    }
+    // SAFETY: kill(2) with plain integers; the pid was checked to be ours.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_alive(pid, ticks) {
+        if Instant::now() > deadline {
+            return Err(ProviderError::Internal(format!("workspace init {pid} did not die")));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SandboxProvider for LocalProvider {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolation: IsolationTier::Namespaces,
+            pause: true,
+            network_modes: vec![NetworkMode::None],
+            isolated_filesystem: true,
+            survives_server_restart: true,
+        }
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        Ok(vec![TemplateInfo {
+            name: "base".into(),
+            description: "the host's own system directories, read-only; user `user` (uid 1000) and root".into(),
+        }])
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<SandboxInfo> {
+        if spec.template != "base" {
+            return Err(ProviderError::InvalidSpec(format!("unknown template '{}'", spec.template)));
+        }
+        spec.size.validate().map_err(|e| ProviderError::InvalidSpec(e.to_string()))?;
+        if spec.network != NetworkMode::None {
+            return Err(ProviderError::Unsupported(format!("network mode {:?} (local offers: none)", spec.network)));
+        }
+        let dir = self.dir(&spec.id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(ProviderError::AlreadyExists(spec.id.to_string()))
+            }
+            Err(e) => return Err(ProviderError::Internal(format!("workspace dir: {e}"))),
+        }
+        let (pid, ticks) = match self.launch(spec, &dir).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.teardown(&spec.id, None);
+                return Err(e);
+            }
+        };
+        let meta = Meta {
+            template: spec.template.clone(),
+            size: spec.size,
+            network: spec.network,
+            created_at_ms: SystemClock.now_ms(),
+            labels: spec.labels.clone(),
+            pid,
+            start_ticks: ticks,
+        };
+        let write = serde_json::to_vec(&meta).map_err(|e| std::io::Error::other(e.to_string())).and_then(|raw| {
+            let tmp = dir.join("meta.json.tmp");
+            std::fs::write(&tmp, raw)?;
+            std::fs::rename(&tmp, dir.join("meta.json"))
+        });
+        if let Err(e) = write {
+            let _ = self.teardown(&spec.id, Some((pid, ticks)));
+            return Err(ProviderError::Internal(format!("writing meta: {e}")));
+        }
+        if let Err(e) = wait_healthy(&Endpoint::Unix(dir.join("agent.sock")), Duration::from_secs(15)).await {
+            let _ = self.teardown(&spec.id, Some((pid, ticks)));
+            return Err(e);
+        }
+        Ok(self.info(&spec.id, &meta))
+    }
+
+    async fn inspect(&self, id: &WorkspaceId) -> Result<SandboxInfo> {
+        let m = self.read_meta(id)?;
+        Ok(self.info(id, &m))
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("workspaces")) else { return Ok(out) };
+        for e in rd.flatten() {
+            let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<WorkspaceId>().ok()) else { continue };
+            match self.read_meta(&id) {
+                Ok(m) => out.push(self.info(&id, &m)),
+                // A directory without meta is a create that never finished
+                // (the server died mid-way): clean it up now.
+                Err(ProviderError::NotFound(_)) => {
+                    let _ = self.teardown(&id, None);
+                }
+                Err(_) => {}
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn pause(&self, id: &WorkspaceId) -> Result<()> {
+        let m = self.read_meta(id)?;
+        if !proc_alive(m.pid, m.start_ticks) {
+            return Err(ProviderError::InvalidSpec(format!("workspace {id} is not running")));
+        }
+        self.cgroups.freeze(id.as_str(), true).map_err(internal("freezing"))
+    }
+
+    async fn resume(&self, id: &WorkspaceId) -> Result<()> {
+        self.read_meta(id)?;
+        self.cgroups.freeze(id.as_str(), false).map_err(internal("thawing"))
+    }
+
+    async fn stop(&self, id: &WorkspaceId) -> Result<()> {
+        let m = self.read_meta(id)?;
+        if self.cgroups.is_frozen(id.as_str()) {
+            let _ = self.cgroups.freeze(id.as_str(), false);
+        }
+        kill_and_wait(m.pid, m.start_ticks)
+    }
+
+    async fn destroy(&self, id: &WorkspaceId) -> Result<()> {
+        let pid = self.read_meta(id).ok().map(|m| (m.pid, m.start_ticks));
+        self.teardown(id, pid)
+    }
+
+    async fn stats(&self, id: &WorkspaceId) -> Result<Stats> {
+        let m = self.read_meta(id)?;
+        let (cpu_ns, memory_bytes, memory_limit_bytes, pids) = self.cgroups.usage(id.as_str());
+        // statfs of the workspace's root reports its writable layer.
+        let (disk_used_bytes, disk_total_bytes) = if proc_alive(m.pid, m.start_ticks) {
+            nix::sys::statvfs::statvfs(format!("/proc/{}/root/", m.pid).as_str())
+                .map(|s| {
+                    let f = s.fragment_size();
+                    ((s.blocks() - s.blocks_free()) * f, s.blocks() * f)
+                })
+                .unwrap_or((0, m.size.disk_mib as u64 * 1024 * 1024))
+        } else {
+            (0, m.size.disk_mib as u64 * 1024 * 1024)
+        };
+        Ok(Stats { cpu_ns, memory_bytes, memory_limit_bytes, disk_used_bytes, disk_total_bytes, pids })
+    }
+}

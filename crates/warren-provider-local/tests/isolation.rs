@@ -1,0 +1,247 @@
+//! Tests that try to break out of a local workspace: into the host, into
+//! another workspace, past its limits. They run as root.
+
+mod common;
+
+use std::time::Duration;
+
+use warren_core::{random_token, Size, WorkspaceId};
+use warren_proto::client::{AgentClient, Output};
+use warren_provider::{CreateSpec, NetworkMode, SandboxInfo, SandboxProvider};
+use warren_provider_local::LocalProvider;
+
+struct Ws {
+    info: SandboxInfo,
+    root: AgentClient,
+    user: AgentClient,
+}
+
+async fn create(p: &LocalProvider, size: Size) -> Ws {
+    let spec = CreateSpec {
+        id: WorkspaceId::generate(),
+        template: "base".into(),
+        size,
+        network: NetworkMode::None,
+        env: Default::default(),
+        labels: Default::default(),
+        init_token: random_token(16),
+        access_token: Some(random_token(16)),
+    };
+    let info = p.create(&spec).await.expect("create");
+    let root = AgentClient::new(info.endpoint.clone()).with_access_token(spec.access_token.clone()).as_user("root");
+    let user = AgentClient::new(info.endpoint.clone()).with_access_token(spec.access_token.clone());
+    Ws { info, root, user }
+}
+
+fn small() -> Size {
+    Size { millicpus: 500, memory_mib: 128, disk_mib: 64, pids: 128 }
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+async fn sh(c: &AgentClient, script: &str) -> String {
+    let o = c.sh(script).await.expect("exec");
+    text(&o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_hostname_proc_and_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::provider(dir.path());
+    let w = create(&p, small()).await;
+    // Own hostname; cannot change it.
+    assert_eq!(sh(&w.root, "hostname").await, w.info.id.as_str());
+    assert_eq!(sh(&w.root, "hostname evil 2>/dev/null && echo changed || echo refused").await, "refused");
+    // Own pid namespace: the agent is PID 1 and no host process is visible.
+    assert_eq!(sh(&w.root, "cat /proc/1/comm").await, "agent");
+    let host_pid = std::process::id();
+    assert_eq!(sh(&w.root, &format!("kill -0 {host_pid} 2>/dev/null && echo seen || echo unseen")).await, "unseen");
+    let n: usize = sh(&w.root, "ls -d /proc/[0-9]* | wc -l").await.parse().unwrap();
+    assert!(n < 10, "only the workspace's processes are visible, saw {n}");
+    // Users: `user` is the default, with its home.
+    assert_eq!(sh(&w.user, "id -un; pwd").await, "user\n/home/user");
+    assert_eq!(sh(&w.root, "id -u").await, "0");
+    // Network: loopback only.
+    let links = sh(&w.root, "ls /sys/class/net").await;
+    assert_eq!(links, "lo");
+    p.destroy(&w.info.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_files_and_secrets_stay_out_of_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::provider(dir.path());
+    let w = create(&p, small()).await;
+    let marker = format!("/root/warren-host-marker-{}", std::process::id());
+    std::fs::write(&marker, "host secret").unwrap();
+    assert_eq!(sh(&w.root, &format!("cat {marker} 2>/dev/null || echo missing")).await, "missing");
+    std::fs::remove_file(&marker).unwrap();
+    // The host's password hashes were not copied.
+    let host_shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+    let ws_shadow = sh(&w.root, "cat /etc/shadow").await;
+    for line in host_shadow.lines() {
+        let hash = line.split(':').nth(1).unwrap_or("");
+        if hash.len() > 3 {
+            assert!(!ws_shadow.contains(hash), "host password hash leaked");
+        }
+    }
+    // System directories are read-only, even for root.
+    assert_eq!(sh(&w.root, "touch /usr/bin/evil 2>/dev/null && echo wrote || echo ro").await, "ro");
+    // The state directory (other workspaces, agent sockets) is not visible.
+    let state = dir.path().display().to_string();
+    assert_eq!(sh(&w.root, &format!("ls {state} 2>/dev/null || echo missing")).await, "missing");
+    // No way to remount or mount: capabilities and seccomp both refuse.
+    assert_eq!(sh(&w.root, "mount -t tmpfs x /mnt 2>/dev/null && echo mounted || echo refused").await, "refused");
+    assert_eq!(sh(&w.root, "mount -o remount,rw /usr 2>/dev/null && echo rw || echo refused").await, "refused");
+    assert_eq!(sh(&w.root, "unshare -U true 2>/dev/null && echo userns || echo refused").await, "refused");
+    assert_eq!(sh(&w.root, "unshare -m true 2>/dev/null && echo mountns || echo refused").await, "refused");
+    assert_eq!(sh(&w.root, "chroot / true 2>/dev/null; mknod /tmp/sda b 8 0 2>/dev/null; cat /tmp/sda >/dev/null 2>&1 && echo raw || echo refused").await, "refused");
+    // Privileges of the agent and everything it starts.
+    let status = sh(&w.root, "grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/self/status").await;
+    let capbnd = status.lines().find(|l| l.starts_with("CapBnd")).unwrap();
+    let mask = u64::from_str_radix(capbnd.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(mask & (1 << 21), 0, "CAP_SYS_ADMIN must be gone: {status}");
+    assert_eq!(mask & (1 << 19), 0, "CAP_SYS_PTRACE must be gone: {status}");
+    assert_eq!(mask & (1 << 16), 0, "CAP_SYS_MODULE must be gone: {status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    p.destroy(&w.info.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_cannot_reach_each_other_or_the_host_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::provider(dir.path());
+    let a = create(&p, small()).await;
+    let b = create(&p, small()).await;
+    // b's processes are invisible to a.
+    let out = b.root.start(&Default::default(), &Default::default()).await;
+    assert!(out.is_err());
+    let mut s = b
+        .root
+        .start(
+            &warren_proto::process::StartRequest {
+                process: Some(warren_proto::process::ProcessConfig {
+                    cmd: "/bin/sleep".into(),
+                    args: vec!["30".into()],
+                    ..Default::default()
+                }),
+                stdin: Some(false),
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let _pid = s.pid().await.unwrap();
+    assert_eq!(sh(&a.root, "ps -eo args | grep -c '^/bin/sleep 30' || true").await, "0");
+    // A host TCP service on loopback is not reachable from a workspace.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = format!("timeout 3 bash -c 'echo > /dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo open || echo closed");
+    assert_eq!(sh(&a.root, &probe).await, "closed");
+    // Files a writes are a's alone.
+    a.root.write_bytes("/tmp/only-a", "a").await.unwrap();
+    a.root.write_bytes("/root/only-a", "a").await.unwrap();
+    assert_eq!(sh(&b.root, "ls /tmp/only-a /root/only-a 2>/dev/null | wc -l").await, "0");
+    p.destroy(&a.info.id).await.unwrap();
+    p.destroy(&b.info.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_memory_pids_disk_and_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::provider(dir.path());
+    // The writable layer is a tmpfs charged to the workspace's memory, so
+    // memory is sized above disk here to see the disk limit itself.
+    let w = create(&p, Size { millicpus: 250, memory_mib: 160, disk_mib: 64, pids: 64 }).await;
+    let other = create(&p, small()).await;
+
+    // Memory hog: killed inside the workspace, the agent survives.
+    let hog = w.root.sh("python3 -c 'b = bytearray(400 << 20); print(len(b))'").await.unwrap();
+    assert_ne!(hog.exit_code, 0, "a 400 MiB allocation must fail under 160 MiB: {hog:?}");
+    assert_eq!(sh(&w.root, "echo alive").await, "alive");
+    assert!(p.cgroups().oom_kills(w.info.id.as_str()) >= 1 || !hog.stderr.is_empty());
+
+    // Fork bomb (bounded): stops at the pids limit; the workspace recovers.
+    let script = "import os, time\nn = 0\ntry:\n    while n < 500:\n        if os.fork() == 0:\n            time.sleep(4)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint(n)\n";
+    let bomb = w.root.exec("/usr/bin/python3", &["-c", script]).await.unwrap();
+    let started: usize = text(&bomb).parse().unwrap_or_else(|_| panic!("bomb output: {bomb:?}"));
+    assert!(started < 64, "pids limit must stop the bomb, {started} children started");
+    let st = p.stats(&w.info.id).await.unwrap();
+    assert!(st.pids <= 64, "{st:?}");
+    assert_eq!(sh(&other.root, "echo fine").await, "fine");
+    // The bomb's children exit on their own; then the workspace is usable again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p.stats(&w.info.id).await.unwrap().pids > 4 {
+        assert!(std::time::Instant::now() < deadline, "bomb children did not go away");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sh(&w.root, "echo recovered").await, "recovered");
+
+    // Disk filler: fills only its own writable layer.
+    let fill = sh(
+        &w.root,
+        "dd if=/dev/zero of=/root/fill bs=1M count=200 2>&1 | grep -i -m1 'no space'; stat -c %s /root/fill",
+    )
+    .await;
+    assert!(fill.contains("No space left"), "{fill}");
+    assert_eq!(sh(&other.root, "dd if=/dev/zero of=/root/ok bs=1M count=8 2>/dev/null && echo wrote").await, "wrote");
+    let st = p.stats(&w.info.id).await.unwrap();
+    assert!(st.disk_used_bytes >= 32 << 20 && st.disk_total_bytes <= 65 << 20, "{st:?}");
+
+    // CPU quota: a spinner gets about a quarter of a CPU.
+    let before = p.stats(&w.info.id).await.unwrap().cpu_ns;
+    let t = std::time::Instant::now();
+    sh(&w.root, "timeout 2 sh -c 'while :; do :; done'; true").await;
+    let wall = t.elapsed();
+    let used = p.stats(&w.info.id).await.unwrap().cpu_ns - before;
+    let share = used as f64 / wall.as_nanos() as f64;
+    assert!(share < 0.45, "quota of 0.25 CPU exceeded: {share:.2} of a CPU");
+    p.destroy(&w.info.id).await.unwrap();
+    p.destroy(&other.info.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_and_crash_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::provider(dir.path());
+    let w = create(&p, small()).await;
+    let id = w.info.id.to_string();
+    let cg_dirs = p.cgroups().dirs(&id);
+    assert!(cg_dirs.iter().all(|d| d.exists()));
+    p.destroy(&w.info.id).await.unwrap();
+    assert!(cg_dirs.iter().all(|d| !d.exists()), "cgroups removed");
+    assert!(!dir.path().join("workspaces").join(&id).exists(), "directory removed");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "no mount of the workspace on the host");
+
+    // A create that died half-way (directory without meta) is cleaned by list.
+    let half = WorkspaceId::generate();
+    std::fs::create_dir_all(dir.path().join("workspaces").join(half.as_str()).join("scratch")).unwrap();
+    let listed = p.list().await.unwrap();
+    assert!(!listed.iter().any(|s| s.id == half));
+    assert!(!dir.path().join("workspaces").join(half.as_str()).exists());
+
+    // The init killed from outside (a crash): the workspace reads as exited
+    // and destroy still cleans it up.
+    let w = create(&p, small()).await;
+    let pid =
+        std::fs::read_to_string(dir.path().join("workspaces").join(w.info.id.as_str()).join("meta.json")).unwrap();
+    let pid: serde_json::Value = serde_json::from_str(&pid).unwrap();
+    let pid = pid["pid"].as_i64().unwrap() as i32;
+    unsafe_kill(pid);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.inspect(&w.info.id).await.unwrap().state != warren_provider::RunState::Exited {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.destroy(&w.info.id).await.unwrap();
+    assert!(p.cgroups().dirs(w.info.id.as_str()).iter().all(|d| !d.exists()));
+}
+
+fn unsafe_kill(pid: i32) {
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+}
