@@ -1,0 +1,458 @@
+//! The orchestrator: the lifecycle of every workspace, persisted.
+//!
+//! Each transition goes through the store as one atomic change plus its
+//! event, checked against the state machine of `warren_core::State`. The
+//! provider is driven after the intent is recorded, so a crash at any point
+//! leaves a record that [`Orchestrator::reconcile`] can finish or undo.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use warren_core::{random_token, Clock, Size, State, WorkspaceId};
+use warren_proto::client::AgentClient;
+use warren_provider::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxProvider, Stats, TemplateInfo};
+use warren_store::{EventKind, NewEvent, StateStore, StoreError, WorkspaceRecord};
+
+/// How long a failed workspace stays listed (with its error) before it is purged.
+pub const FAILED_RETENTION_MS: u64 = 3_600_000;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub default_size: Size,
+    /// How often the reaper looks for expired workspaces.
+    pub reap_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_timeout: Duration::from_secs(300),
+            max_timeout: Duration::from_secs(24 * 3600),
+            default_size: Size::default(),
+            reap_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Classified failures, mapped to HTTP statuses by the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The workspace is in a state that does not allow this.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Capacity(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Error::NotFound(m),
+            StoreError::AlreadyExists(m) => Error::Conflict(format!("{m} already exists")),
+            StoreError::Rejected(m) => Error::Conflict(m),
+            StoreError::Unavailable(m) => Error::Unavailable(format!("state store unavailable: {m}")),
+            StoreError::Corrupt(m) => Error::Internal(format!("state store corrupt: {m}")),
+        }
+    }
+}
+
+impl From<ProviderError> for Error {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::NotFound(m) => Error::NotFound(format!("workspace {m} not found on its backend")),
+            ProviderError::AlreadyExists(m) => Error::Conflict(format!("workspace {m} already exists")),
+            ProviderError::InvalidSpec(m) => Error::InvalidArgument(m),
+            ProviderError::Unavailable(m) => Error::Unavailable(m),
+            ProviderError::Capacity(m) => Error::Capacity(m),
+            ProviderError::Unsupported(m) => Error::Unsupported(m),
+            ProviderError::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+/// A request for a new workspace.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub tenant: String,
+    pub template: String,
+    pub size: Option<Size>,
+    pub timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What reconcile found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub adopted: usize,
+    pub failed: usize,
+    pub orphans_removed: usize,
+    pub purged: usize,
+}
+
+pub struct Orchestrator {
+    provider: Arc<dyn SandboxProvider>,
+    store: Arc<dyn StateStore>,
+    clock: Arc<dyn Clock>,
+    cfg: Config,
+    clients: Mutex<HashMap<WorkspaceId, AgentClient>>,
+}
+
+fn event(rec: &WorkspaceRecord, at_ms: u64, kind: EventKind) -> NewEvent {
+    NewEvent { at_ms, workspace: rec.id.clone(), tenant: rec.tenant.clone(), size: rec.size, kind }
+}
+
+impl Orchestrator {
+    pub fn new(
+        provider: Arc<dyn SandboxProvider>,
+        store: Arc<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+        cfg: Config,
+    ) -> Self {
+        Orchestrator { provider, store, clock, cfg, clients: Mutex::default() }
+    }
+
+    pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
+        &self.provider
+    }
+
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub async fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        Ok(self.provider.templates().await?)
+    }
+
+    /// Moves a workspace to `to`, logging the event; refuses illegal moves.
+    async fn transition(
+        &self,
+        id: &WorkspaceId,
+        to: State,
+        f: impl FnOnce(&mut WorkspaceRecord) + Send + 'static,
+    ) -> Result<WorkspaceRecord> {
+        let now = self.clock.now_ms();
+        let (rec, _) = self
+            .store
+            .update_workspace(
+                id,
+                Box::new(move |r| {
+                    let from = r.state;
+                    r.state = from.transition(to).map_err(|e| StoreError::Rejected(e.to_string()))?;
+                    r.updated_at_ms = now;
+                    f(r);
+                    Ok(Some(event(r, now, EventKind::State { from, to })))
+                }),
+            )
+            .await?;
+        Ok(rec)
+    }
+
+    fn validate_timeout(&self, t: Duration) -> Result<()> {
+        if t.is_zero() || t > self.cfg.max_timeout {
+            return Err(Error::InvalidArgument(format!(
+                "timeout must be between 1 s and {} s, got {} s",
+                self.cfg.max_timeout.as_secs(),
+                t.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a workspace and returns it running (its agent healthy).
+    pub async fn create(&self, req: CreateRequest) -> Result<WorkspaceRecord> {
+        let size = req.size.unwrap_or(self.cfg.default_size);
+        size.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let timeout = req.timeout.unwrap_or(self.cfg.default_timeout);
+        self.validate_timeout(timeout)?;
+        let templates = self.provider.templates().await?;
+        if !templates.iter().any(|t| t.name == req.template) {
+            return Err(Error::NotFound(format!("template '{}' not found", req.template)));
+        }
+        let now = self.clock.now_ms();
+        let rec = WorkspaceRecord {
+            id: WorkspaceId::generate(),
+            tenant: req.tenant.clone(),
+            template: req.template.clone(),
+            size,
+            state: State::Creating,
+            provider: self.provider.name().to_string(),
+            endpoint: None,
+            access_token: random_token(16),
+            init_token: random_token(16),
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: now + timeout.as_millis() as u64,
+            last_activity_ms: now,
+            metadata: req.metadata.clone(),
+            env: req.env.clone(),
+            error: None,
+        };
+        self.store
+            .insert_workspace(&rec, event(&rec, now, EventKind::Created { template: rec.template.clone() }))
+            .await?;
+        let spec = CreateSpec {
+            id: rec.id.clone(),
+            template: rec.template.clone(),
+            size,
+            network: NetworkMode::default(),
+            env: rec.env.clone(),
+            labels: [("tenant".to_string(), rec.tenant.clone())].into(),
+            init_token: rec.init_token.clone(),
+            access_token: Some(rec.access_token.clone()),
+        };
+        let spec = match self.provider.capabilities().network_modes.first() {
+            Some(m) if !self.provider.capabilities().network_modes.contains(&spec.network) => {
+                CreateSpec { network: *m, ..spec }
+            }
+            _ => spec,
+        };
+        match self.provider.create(&spec).await {
+            Ok(info) => {
+                let endpoint = info.endpoint.to_string();
+                let started = self.clock.now_ms();
+                self.transition(&rec.id, State::Running, move |r| {
+                    r.endpoint = Some(endpoint);
+                    // The timeout counts from when the workspace is usable.
+                    r.expires_at_ms = started + timeout.as_millis() as u64;
+                    r.last_activity_ms = started;
+                })
+                .await
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = self.provider.destroy(&rec.id).await;
+                let _ = self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A workspace visible to `tenant` (`None`: any tenant, for admins).
+    pub async fn get(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
+        let rec = self.store.get_workspace(id).await?;
+        match rec {
+            Some(r) if r.state != State::Deleted && tenant.is_none_or(|t| t == r.tenant) => Ok(r),
+            // Another tenant's workspace does not exist, as far as the caller can tell.
+            _ => Err(Error::NotFound(format!("workspace {id} not found"))),
+        }
+    }
+
+    pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<WorkspaceRecord>> {
+        let mut all: Vec<_> = self
+            .store
+            .list_workspaces()
+            .await?
+            .into_iter()
+            .filter(|r| r.state != State::Deleted && tenant.is_none_or(|t| t == r.tenant))
+            .collect();
+        all.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Ends a workspace and releases everything it held.
+    pub async fn kill(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<()> {
+        let rec = self.get(tenant, id).await?;
+        if !matches!(rec.state, State::Stopping | State::Stopped) {
+            self.transition(id, State::Stopping, |_| {}).await?;
+        }
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.provider.destroy(id).await?;
+        if rec.state != State::Stopped {
+            self.transition(id, State::Stopped, |_| {}).await?;
+        }
+        self.transition(id, State::Deleted, |_| {}).await?;
+        self.store.delete_workspace(id).await?;
+        Ok(())
+    }
+
+    /// Sets the timeout to `t` from now (E2B semantics: it may shorten).
+    pub async fn set_timeout(&self, tenant: Option<&str>, id: &WorkspaceId, t: Duration) -> Result<WorkspaceRecord> {
+        self.validate_timeout(t)?;
+        let rec = self.get(tenant, id).await?;
+        if !matches!(rec.state, State::Running | State::Paused) {
+            return Err(Error::Conflict(format!("workspace {id} is {}", rec.state.as_str())));
+        }
+        let until = self.clock.now_ms() + t.as_millis() as u64;
+        let now = self.clock.now_ms();
+        let (rec, _) = self
+            .store
+            .update_workspace(
+                id,
+                Box::new(move |r| {
+                    r.expires_at_ms = until;
+                    r.updated_at_ms = now;
+                    Ok(Some(event(r, now, EventKind::Timeout { expires_at_ms: until })))
+                }),
+            )
+            .await?;
+        Ok(rec)
+    }
+
+    pub async fn pause(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
+        let rec = self.get(tenant, id).await?;
+        match rec.state {
+            State::Running => {}
+            State::Paused => return Err(Error::Conflict(format!("workspace {id} is already paused"))),
+            s => return Err(Error::Conflict(format!("workspace {id} is {}", s.as_str()))),
+        }
+        if !self.provider.capabilities().pause {
+            return Err(Error::Unsupported(format!("the {} backend cannot pause", self.provider.name())));
+        }
+        self.provider.pause(id).await?;
+        self.transition(id, State::Paused, |_| {}).await
+    }
+
+    pub async fn resume(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
+        let rec = self.get(tenant, id).await?;
+        match rec.state {
+            State::Paused => {}
+            State::Running => return Err(Error::Conflict(format!("workspace {id} is already running"))),
+            s => return Err(Error::Conflict(format!("workspace {id} is {}", s.as_str()))),
+        }
+        self.provider.resume(id).await?;
+        self.transition(id, State::Running, |_| {}).await
+    }
+
+    pub async fn stats(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<Stats> {
+        self.get(tenant, id).await?;
+        Ok(self.provider.stats(id).await?)
+    }
+
+    /// A client for a running workspace's agent, with its access token.
+    pub async fn agent(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<(WorkspaceRecord, AgentClient)> {
+        let rec = self.get(tenant, id).await?;
+        if rec.state != State::Running {
+            return Err(Error::Conflict(format!("workspace {id} is {}, not running", rec.state.as_str())));
+        }
+        let ep =
+            rec.endpoint.clone().ok_or_else(|| Error::Internal(format!("workspace {id} has no agent endpoint")))?;
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let client = match clients.get(id) {
+            Some(c) => c.clone(),
+            None => {
+                let ep = ep.parse().map_err(|e: String| Error::Internal(e))?;
+                let c = AgentClient::new(ep).with_access_token(Some(rec.access_token.clone()));
+                clients.insert(id.clone(), c.clone());
+                c
+            }
+        };
+        Ok((rec, client))
+    }
+
+    /// Ends every workspace whose timeout has passed. Returns how many.
+    pub async fn reap_once(&self) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let mut n = 0;
+        for rec in self.store.list_workspaces().await? {
+            let expired = matches!(rec.state, State::Running | State::Paused) && rec.expires_at_ms <= now;
+            // A kill that died half-way is finished; failures stay visible for a while.
+            let stuck = (rec.state == State::Stopping && rec.updated_at_ms + 60_000 <= now)
+                || (rec.state == State::Failed && rec.updated_at_ms + FAILED_RETENTION_MS <= now);
+            if expired || stuck {
+                match self.kill(None, &rec.id).await {
+                    Ok(()) => n += 1,
+                    Err(Error::NotFound(_)) => {}
+                    Err(e) => eprintln!("warren: reaping {}: {e}", rec.id),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Runs the reaper until the returned handle is aborted.
+    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(me.cfg.reap_interval).await;
+                if let Err(e) = me.reap_once().await {
+                    eprintln!("warren: reaper: {e}");
+                }
+            }
+        })
+    }
+
+    /// Brings store and backend into agreement after a (re)start: adopts
+    /// what still runs, fails what died, removes what nobody knows.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        let live: HashMap<WorkspaceId, warren_provider::SandboxInfo> =
+            self.provider.list().await?.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let records = self.store.list_workspaces().await?;
+        let known: std::collections::HashSet<WorkspaceId> = records.iter().map(|r| r.id.clone()).collect();
+        for rec in records {
+            if rec.provider != self.provider.name() {
+                continue;
+            }
+            match (rec.state, live.get(&rec.id)) {
+                (State::Deleted, _) | (State::Stopped, None) => {
+                    self.store.delete_workspace(&rec.id).await?;
+                    report.purged += 1;
+                }
+                (State::Creating | State::Running | State::Paused, Some(info)) if info.state != RunState::Exited => {
+                    let want = if info.state == RunState::Paused { State::Paused } else { State::Running };
+                    let endpoint = info.endpoint.to_string();
+                    if rec.state != want {
+                        self.transition(&rec.id, want, move |r| r.endpoint = Some(endpoint)).await?;
+                    } else if rec.endpoint.as_deref() != Some(endpoint.as_str()) {
+                        self.store
+                            .update_workspace(
+                                &rec.id,
+                                Box::new(move |r| {
+                                    r.endpoint = Some(endpoint);
+                                    Ok(None)
+                                }),
+                            )
+                            .await?;
+                    }
+                    report.adopted += 1;
+                }
+                (State::Creating | State::Running | State::Paused, _) => {
+                    let _ = self.provider.destroy(&rec.id).await;
+                    let msg = "the workspace ended while the server was down".to_string();
+                    self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await?;
+                    report.failed += 1;
+                }
+                (State::Stopping | State::Failed | State::Stopped, _) => {
+                    // Finish what was under way: release and forget.
+                    match self.kill(None, &rec.id).await {
+                        Ok(()) | Err(Error::NotFound(_)) => report.purged += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        for (id, _) in live {
+            if !known.contains(&id) {
+                self.provider.destroy(&id).await?;
+                report.orphans_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,172 @@
+//! Orchestrator lifecycle over the process fake, a memory or redb store and
+//! a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use warren_core::{ManualClock, Size, State, WorkspaceId};
+use warren_orchestrator::{Config, CreateRequest, Error, Orchestrator};
+use warren_provider::fake::ProcessProvider;
+use warren_provider::SandboxProvider;
+use warren_store::{EventKind, MemoryStore, RedbStore, StateStore};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    clock: Arc<ManualClock>,
+    store: Arc<dyn StateStore>,
+    orch: Arc<Orchestrator>,
+}
+
+fn provider(root: &std::path::Path) -> Arc<dyn SandboxProvider> {
+    Arc::new(ProcessProvider::new(root.join("ws"), warren_provider::conformance::agent_binary()))
+}
+
+fn env_with(store: Arc<dyn StateStore>, dir: tempfile::TempDir) -> Env {
+    let root = dir.path().to_path_buf();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let orch = Arc::new(Orchestrator::new(provider(&root), store.clone(), clock.clone(), Config::default()));
+    Env { _dir: dir, root, clock, store, orch }
+}
+
+fn env() -> Env {
+    env_with(Arc::new(MemoryStore::new()), tempfile::tempdir().unwrap())
+}
+
+fn req(tenant: &str) -> CreateRequest {
+    CreateRequest { tenant: tenant.into(), template: "base".into(), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_exec_list_and_tenant_scoping() {
+    let e = env();
+    let mut r = req("alice");
+    r.env.insert("GREETING".into(), "hi".into());
+    r.metadata.insert("k".into(), "v".into());
+    let ws = e.orch.create(r).await.unwrap();
+    assert_eq!(ws.state, State::Running);
+    assert_eq!(ws.expires_at_ms, 1_000_000 + 300_000);
+    let (_, agent) = e.orch.agent(Some("alice"), &ws.id).await.unwrap();
+    assert_eq!(agent.sh("echo $GREETING").await.unwrap().stdout, b"hi\n");
+    assert_eq!(e.orch.list(Some("alice")).await.unwrap().len(), 1);
+    assert!(e.orch.list(Some("bob")).await.unwrap().is_empty());
+    assert!(matches!(e.orch.get(Some("bob"), &ws.id).await, Err(Error::NotFound(_))));
+    assert!(matches!(e.orch.agent(Some("bob"), &ws.id).await, Err(Error::NotFound(_))));
+    assert!(matches!(e.orch.kill(Some("bob"), &ws.id).await, Err(Error::NotFound(_))));
+    assert_eq!(e.orch.get(None, &ws.id).await.unwrap().metadata["k"], "v");
+    e.orch.kill(Some("alice"), &ws.id).await.unwrap();
+    assert!(matches!(e.orch.get(None, &ws.id).await, Err(Error::NotFound(_))));
+    // The whole life is in the event log, in order.
+    let kinds: Vec<EventKind> = e.store.events_since(0, 100).await.unwrap().into_iter().map(|e| e.event.kind).collect();
+    let states: Vec<(State, State)> = kinds
+        .iter()
+        .filter_map(|k| match k {
+            EventKind::State { from, to } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(kinds[0], EventKind::Created { .. }));
+    assert_eq!(
+        states,
+        [
+            (State::Creating, State::Running),
+            (State::Running, State::Stopping),
+            (State::Stopping, State::Stopped),
+            (State::Stopped, State::Deleted)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_change_nothing() {
+    let e = env();
+    let mut r = req("a");
+    r.template = "nope".into();
+    assert!(matches!(e.orch.create(r).await, Err(Error::NotFound(m)) if m.contains("nope")));
+    let mut r = req("a");
+    r.size = Some(Size { memory_mib: 1, ..Size::default() });
+    assert!(matches!(e.orch.create(r).await, Err(Error::InvalidArgument(_))));
+    let mut r = req("a");
+    r.timeout = Some(Duration::from_secs(10 * 24 * 3600));
+    assert!(matches!(e.orch.create(r).await, Err(Error::InvalidArgument(_))));
+    assert!(e.store.list_workspaces().await.unwrap().is_empty());
+    assert!(e.store.events_since(0, 10).await.unwrap().is_empty());
+    assert!(matches!(e.orch.kill(None, &WorkspaceId::generate()).await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_reaper_pause_resume() {
+    let e = env();
+    let ws = e.orch.create(req("a")).await.unwrap();
+    let keep = e.orch.create(req("a")).await.unwrap();
+    e.orch.set_timeout(None, &keep.id, Duration::from_secs(3600)).await.unwrap();
+    assert!(matches!(e.orch.set_timeout(None, &keep.id, Duration::ZERO).await, Err(Error::InvalidArgument(_))));
+    e.clock.advance(Duration::from_secs(299));
+    assert_eq!(e.orch.reap_once().await.unwrap(), 0);
+    e.clock.advance(Duration::from_secs(2));
+    assert_eq!(e.orch.reap_once().await.unwrap(), 1);
+    assert!(matches!(e.orch.get(None, &ws.id).await, Err(Error::NotFound(_))));
+    assert_eq!(e.orch.get(None, &keep.id).await.unwrap().state, State::Running);
+
+    let p = e.orch.pause(None, &keep.id).await.unwrap();
+    assert_eq!(p.state, State::Paused);
+    assert!(matches!(e.orch.pause(None, &keep.id).await, Err(Error::Conflict(_))));
+    assert!(matches!(e.orch.agent(None, &keep.id).await, Err(Error::Conflict(_))));
+    e.orch.resume(None, &keep.id).await.unwrap();
+    let (_, agent) = e.orch.agent(None, &keep.id).await.unwrap();
+    assert_eq!(agent.sh("echo back").await.unwrap().stdout, b"back\n");
+    e.orch.kill(None, &keep.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_adopts_fails_and_removes_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.redb");
+    let store: Arc<dyn StateStore> = Arc::new(RedbStore::open(&db).unwrap());
+    let e = env_with(store, dir);
+    let a = e.orch.create(req("a")).await.unwrap();
+    let b = e.orch.create(req("a")).await.unwrap();
+    // b dies while "the server is down".
+    provider(&e.root).stop(&b.id).await.unwrap();
+    // An orphan the store never heard of.
+    let orphan_spec = warren_provider::conformance::spec("base");
+    provider(&e.root).create(&orphan_spec).await.unwrap();
+    // A create that never finished.
+    let mut half = warren_store::conformance::record("a");
+    half.provider = "process".into();
+    e.store
+        .insert_workspace(
+            &half,
+            warren_store::NewEvent {
+                at_ms: 1,
+                workspace: half.id.clone(),
+                tenant: "a".into(),
+                size: half.size,
+                kind: EventKind::Created { template: "base".into() },
+            },
+        )
+        .await
+        .unwrap();
+
+    // "Restart": a new orchestrator over the same store and backend state.
+    let orch2 = Orchestrator::new(provider(&e.root), e.store.clone(), e.clock.clone(), Config::default());
+    let report = orch2.reconcile().await.unwrap();
+    assert_eq!(report.adopted, 1, "{report:?}");
+    assert_eq!(report.failed, 2, "{report:?}");
+    assert_eq!(report.orphans_removed, 1, "{report:?}");
+    let (_, agent) = orch2.agent(None, &a.id).await.unwrap();
+    assert_eq!(agent.sh("echo adopted").await.unwrap().stdout, b"adopted\n");
+    assert_eq!(orch2.get(None, &b.id).await.unwrap().state, State::Failed);
+    assert!(orch2.get(None, &b.id).await.unwrap().error.unwrap().contains("server was down"));
+    assert!(matches!(
+        provider(&e.root).inspect(&orphan_spec.id).await,
+        Err(warren_provider::ProviderError::NotFound(_))
+    ));
+    // Failed records go after their retention; a second reconcile is a no-op.
+    orch2.set_timeout(None, &a.id, Duration::from_secs(7200)).await.unwrap();
+    e.clock.advance(Duration::from_millis(warren_orchestrator::FAILED_RETENTION_MS + 1));
+    assert_eq!(orch2.reap_once().await.unwrap(), 2);
+    let again = orch2.reconcile().await.unwrap();
+    assert_eq!(again, warren_orchestrator::ReconcileReport { adopted: 1, ..Default::default() });
+    orch2.kill(None, &a.id).await.unwrap();
+}

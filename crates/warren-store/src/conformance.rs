@@ -1,0 +1,170 @@
+//! The store conformance suite: every StateStore implementation runs it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use warren_core::{Size, State, WorkspaceId};
+
+use crate::{ApiKeyRecord, EventKind, NewEvent, StateStore, StoreError, WorkspaceRecord};
+
+pub fn record(tenant: &str) -> WorkspaceRecord {
+    WorkspaceRecord {
+        id: WorkspaceId::generate(),
+        tenant: tenant.into(),
+        template: "base".into(),
+        size: Size::default(),
+        state: State::Creating,
+        provider: "test".into(),
+        endpoint: None,
+        access_token: "a".into(),
+        init_token: "i".into(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        expires_at_ms: 300_001,
+        last_activity_ms: 1,
+        metadata: BTreeMap::new(),
+        env: BTreeMap::new(),
+        error: None,
+    }
+}
+
+fn created(r: &WorkspaceRecord) -> NewEvent {
+    NewEvent {
+        at_ms: r.created_at_ms,
+        workspace: r.id.clone(),
+        tenant: r.tenant.clone(),
+        size: r.size,
+        kind: EventKind::Created { template: r.template.clone() },
+    }
+}
+
+/// Runs the suite. `reopen` (for durable stores) opens the same store again,
+/// as after a restart, and must see everything committed.
+pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
+    let base_seq = store.events_since(0, usize::MAX).await.unwrap().len() as u64;
+
+    // Insert, get, list; a duplicate changes nothing.
+    let a = record("t1");
+    let ev = store.insert_workspace(&a, created(&a)).await.unwrap();
+    assert_eq!(ev.seq, base_seq + 1);
+    assert_eq!(store.get_workspace(&a.id).await.unwrap().as_ref(), Some(&a));
+    assert!(store.list_workspaces().await.unwrap().contains(&a));
+    let mut dup = a.clone();
+    dup.tenant = "other".into();
+    assert!(matches!(store.insert_workspace(&dup, created(&dup)).await, Err(StoreError::AlreadyExists(_))));
+    assert_eq!(store.get_workspace(&a.id).await.unwrap().unwrap().tenant, "t1");
+    assert_eq!(store.events_since(base_seq, 100).await.unwrap().len(), 1, "a refused insert logs nothing");
+    assert_eq!(store.get_workspace(&WorkspaceId::generate()).await.unwrap(), None);
+
+    // Updates change the record and log their event atomically.
+    let (rec, ev) = store
+        .update_workspace(
+            &a.id,
+            Box::new(|r| {
+                let from = r.state;
+                r.state = from.transition(State::Running).map_err(|e| StoreError::Rejected(e.to_string()))?;
+                Ok(Some(NewEvent {
+                    at_ms: 5,
+                    workspace: r.id.clone(),
+                    tenant: r.tenant.clone(),
+                    size: r.size,
+                    kind: EventKind::State { from, to: r.state },
+                }))
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.state, State::Running);
+    let ev = ev.unwrap();
+    assert_eq!(ev.seq, base_seq + 2);
+    assert_eq!(ev.event.kind, EventKind::State { from: State::Creating, to: State::Running });
+    // A refused update changes nothing and logs nothing.
+    let refused = store
+        .update_workspace(
+            &a.id,
+            Box::new(|r| {
+                r.state = State::Deleted;
+                Err(StoreError::Rejected("no".into()))
+            }),
+        )
+        .await;
+    assert_eq!(refused, Err(StoreError::Rejected("no".into())));
+    assert_eq!(store.get_workspace(&a.id).await.unwrap().unwrap().state, State::Running);
+    assert_eq!(store.events_since(base_seq, 100).await.unwrap().len(), 2);
+    let ghost = WorkspaceId::generate();
+    assert!(matches!(store.update_workspace(&ghost, Box::new(|_| Ok(None))).await, Err(StoreError::NotFound(_))));
+
+    // Concurrent read-modify-writes lose nothing.
+    let mut tasks = Vec::new();
+    for _ in 0..25 {
+        let s = store.clone();
+        let id = a.id.clone();
+        tasks.push(tokio::spawn(async move {
+            s.update_workspace(
+                &id,
+                Box::new(|r| {
+                    let n: u64 = r.metadata.get("n").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    r.metadata.insert("n".into(), (n + 1).to_string());
+                    Ok(Some(NewEvent {
+                        at_ms: 9,
+                        workspace: r.id.clone(),
+                        tenant: r.tenant.clone(),
+                        size: r.size,
+                        kind: EventKind::Timeout { expires_at_ms: n + 1 },
+                    }))
+                }),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.get_workspace(&a.id).await.unwrap().unwrap().metadata["n"], "25");
+
+    // The log has no gaps and pages correctly.
+    let all = store.events_since(base_seq, usize::MAX).await.unwrap();
+    assert_eq!(all.len(), 27);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.seq, base_seq + 1 + i as u64);
+    }
+    let page = store.events_since(base_seq + 10, 5).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), (base_seq + 11..=base_seq + 15).collect::<Vec<_>>());
+
+    // Delete forgets the record but not its history.
+    let b = record("t2");
+    store.insert_workspace(&b, created(&b)).await.unwrap();
+    store.delete_workspace(&b.id).await.unwrap();
+    assert_eq!(store.get_workspace(&b.id).await.unwrap(), None);
+    assert!(store.events_since(base_seq, usize::MAX).await.unwrap().iter().any(|e| e.event.workspace == b.id));
+
+    // API keys.
+    let key = ApiKeyRecord {
+        hash: format!("{:064x}", base_seq + 7),
+        prefix: "wk_abc".into(),
+        tenant: "t1".into(),
+        name: "ci".into(),
+        admin: false,
+        created_at_ms: 3,
+        revoked: false,
+    };
+    store.put_api_key(&key).await.unwrap();
+    assert_eq!(store.get_api_key(&key.hash).await.unwrap().as_ref(), Some(&key));
+    let revoked = ApiKeyRecord { revoked: true, ..key.clone() };
+    store.put_api_key(&revoked).await.unwrap();
+    assert!(store.get_api_key(&key.hash).await.unwrap().unwrap().revoked);
+    assert!(store.list_api_keys().await.unwrap().iter().any(|k| k.hash == key.hash));
+    assert_eq!(store.get_api_key("nope").await.unwrap(), None);
+
+    // Everything survives a reopen.
+    if let Some(reopen) = reopen {
+        drop(store);
+        let again = reopen();
+        let got = again.get_workspace(&a.id).await.unwrap().unwrap();
+        assert_eq!(got.metadata["n"], "25");
+        assert_eq!(got.state, State::Running);
+        assert_eq!(again.events_since(base_seq, usize::MAX).await.unwrap().len(), 28);
+        assert!(again.get_api_key(&key.hash).await.unwrap().unwrap().revoked);
+    }
+}

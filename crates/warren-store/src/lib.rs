@@ -1,0 +1,134 @@
+//! Where warren keeps its state: workspace records, the append-only event
+//! log (the truth metering is derived from) and hashed API keys.
+//!
+//! [`StateStore`] has an embedded implementation on redb ([`RedbStore`]) and
+//! an in-memory one ([`MemoryStore`]); both pass [`conformance::run`], and the
+//! Redis store will too. Every write is one atomic transaction: a record
+//! change and the event that describes it land together or not at all.
+
+pub mod conformance;
+mod memory;
+mod redb_store;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use warren_core::{Size, State, WorkspaceId};
+
+pub use memory::MemoryStore;
+pub use redb_store::RedbStore;
+
+/// A workspace as the control plane knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceRecord {
+    pub id: WorkspaceId,
+    pub tenant: String,
+    pub template: String,
+    pub size: Size,
+    pub state: State,
+    /// Backend that holds it (`local`, `docker`, …).
+    pub provider: String,
+    /// Agent endpoint (`unix://…`, `tcp://…`), once known.
+    pub endpoint: Option<String>,
+    pub access_token: String,
+    pub init_token: String,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// When the reaper ends it (absolute, ms since the epoch).
+    pub expires_at_ms: u64,
+    pub last_activity_ms: u64,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum EventKind {
+    Created { template: String },
+    State { from: State, to: State },
+    Timeout { expires_at_ms: u64 },
+}
+
+/// An event before the store numbers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewEvent {
+    pub at_ms: u64,
+    pub workspace: WorkspaceId,
+    pub tenant: String,
+    pub size: Size,
+    pub kind: EventKind,
+}
+
+/// A durable event with its position in the log (1, 2, 3, … without gaps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+/// An API key; only its SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyRecord {
+    /// Hex SHA-256 of the key.
+    pub hash: String,
+    /// A short public id (first characters of the key) for listings.
+    pub prefix: String,
+    pub tenant: String,
+    pub name: String,
+    pub admin: bool,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The update function refused the change (a precondition failed).
+    #[error("{0}")]
+    Rejected(String),
+    /// The store cannot be reached or is broken.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A read-modify-write of one workspace: change the record in place and
+/// return the event that describes the change (if any), or refuse.
+pub type Update = Box<dyn FnOnce(&mut WorkspaceRecord) -> Result<Option<NewEvent>> + Send>;
+
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Stores a new record and its creation event atomically.
+    async fn insert_workspace(&self, rec: &WorkspaceRecord, event: NewEvent) -> Result<Event>;
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>>;
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceRecord>>;
+    /// Applies `f` to the current record and stores the result together with
+    /// the event `f` returns, atomically. Concurrent updates of one record
+    /// are serialised: `f` always sees the latest committed version.
+    async fn update_workspace(&self, id: &WorkspaceId, f: Update) -> Result<(WorkspaceRecord, Option<Event>)>;
+    /// Forgets a record (its events stay).
+    async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()>;
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    async fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    async fn get_api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+}

@@ -1,0 +1,89 @@
+//! An in-memory StateStore (for tests of the layers above).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use warren_core::WorkspaceId;
+
+use crate::{ApiKeyRecord, Event, NewEvent, Result, StateStore, StoreError, Update, WorkspaceRecord};
+
+#[derive(Default)]
+struct Inner {
+    workspaces: BTreeMap<WorkspaceId, WorkspaceRecord>,
+    events: Vec<Event>,
+    keys: BTreeMap<String, ApiKeyRecord>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore(Mutex<Inner>);
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn push(events: &mut Vec<Event>, e: NewEvent) -> Event {
+    let ev = Event { seq: events.len() as u64 + 1, event: e };
+    events.push(ev.clone());
+    ev
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn insert_workspace(&self, rec: &WorkspaceRecord, event: NewEvent) -> Result<Event> {
+        let mut g = self.lock();
+        if g.workspaces.contains_key(&rec.id) {
+            return Err(StoreError::AlreadyExists(format!("workspace {}", rec.id)));
+        }
+        g.workspaces.insert(rec.id.clone(), rec.clone());
+        Ok(push(&mut g.events, event))
+    }
+
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>> {
+        Ok(self.lock().workspaces.get(id).cloned())
+    }
+
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceRecord>> {
+        Ok(self.lock().workspaces.values().cloned().collect())
+    }
+
+    async fn update_workspace(&self, id: &WorkspaceId, f: Update) -> Result<(WorkspaceRecord, Option<Event>)> {
+        let mut g = self.lock();
+        let mut rec = g.workspaces.get(id).cloned().ok_or_else(|| StoreError::NotFound(format!("workspace {id}")))?;
+        let ev = f(&mut rec)?;
+        if rec.id != *id {
+            return Err(StoreError::Rejected("an update may not change the id".into()));
+        }
+        g.workspaces.insert(id.clone(), rec.clone());
+        let ev = ev.map(|e| push(&mut g.events, e));
+        Ok((rec, ev))
+    }
+
+    async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()> {
+        self.lock().workspaces.remove(id);
+        Ok(())
+    }
+
+    async fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        Ok(self.lock().events.iter().filter(|e| e.seq > after).take(limit).cloned().collect())
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        self.lock().keys.insert(key.hash.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn get_api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        Ok(self.lock().keys.get(hash).cloned())
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        Ok(self.lock().keys.values().cloned().collect())
+    }
+}
