@@ -234,7 +234,7 @@ async fn one_gib_up_and_down_with_bounded_memory() {
         v[0] = 0xAB;
         Ok::<_, std::io::Error>(Frame::data(Bytes::from(v)))
     }));
-    let info = c.write_file(&p, BodyExt::boxed(StreamBody::new(frames))).await.unwrap();
+    let info = c.write_file(&p, BodyExt::boxed_unsync(StreamBody::new(frames))).await.unwrap();
     assert_eq!(info[0].path, p);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), (CHUNK * N) as u64);
 

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,7 +29,7 @@ use crate::http::{FileOp, InitRequest, WriteInfo};
 use crate::process as proc;
 
 /// Request body type of the client: any stream of byte chunks.
-pub type Body = BoxBody<Bytes, io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Largest message the client accepts from an agent.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -260,7 +260,7 @@ impl AgentClient {
         let frames = msgs.map(|m| Ok::<_, io::Error>(Frame::data(connect::message_envelope(&m))));
         let req = self
             .rpc_builder(path, connect::CONTENT_TYPE_STREAM, &CallOptions::default())
-            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .body(BodyExt::boxed_unsync(StreamBody::new(frames)))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = self.request(req).await?;
         let mut stream: MessageStream<Resp> = MessageStream::from_response(resp).await?;
@@ -525,7 +525,7 @@ where
 
 /// A request body holding `data`.
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// An empty request body.

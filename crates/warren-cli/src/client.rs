@@ -1,0 +1,525 @@
+//! The client commands: they talk to a warren server over its /v1 API.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::Conn;
+
+/// An API error with its status, for exit codes.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+pub fn exit_code_of(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<ApiFailure>().map(|f| f.status) {
+        Some(404) => 3,
+        Some(401) | Some(403) => 4,
+        _ => 1,
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Template name.
+    #[arg(long, short, default_value = "base")]
+    pub template: String,
+    /// Seconds until the workspace is reaped.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// CPUs (e.g. 0.5, 2).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory in MiB.
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Writable disk in MiB.
+    #[arg(long)]
+    pub disk: Option<u32>,
+    /// Environment variable KEY=VALUE for every process (repeatable).
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Metadata KEY=VALUE (repeatable).
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    pub id: String,
+    /// Program and arguments (after `--`). With one argument holding spaces,
+    /// it is run by `bash -lc`.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+    #[arg(long, short = 'e')]
+    pub env: Vec<String>,
+    #[arg(long, short = 'w')]
+    pub cwd: Option<String>,
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Kill the command after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Send this process's stdin to the command.
+    #[arg(long, short = 'i')]
+    pub stdin: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShellArgs {
+    pub id: String,
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+}
+
+fn kv(list: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    list.iter()
+        .map(|s| {
+            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("{what} {s:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+pub struct Client {
+    conn: Conn,
+    key: String,
+    http: reqwest::Client,
+}
+
+fn default_key() -> Option<String> {
+    let dir = std::env::var_os("WARREN_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/lib/warren".into());
+    std::fs::read_to_string(dir.join("admin.key")).ok().map(|s| s.trim().to_string())
+}
+
+impl Client {
+    pub fn new(conn: Conn) -> Result<Self> {
+        let key = conn
+            .api_key
+            .clone()
+            .or_else(default_key)
+            .ok_or_else(|| anyhow!("no API key: set WARREN_API_KEY (or --api-key)"))?;
+        let http = reqwest::Client::builder().build().context("building the HTTP client")?;
+        Ok(Client { conn, key, http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.conn.url.trim_end_matches('/'), path)
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = rb.bearer_auth(&self.key).send().await.with_context(|| format!("cannot reach warren at {}", self.conn.url))?;
+        if resp.status().is_success() || resp.status().as_u16() == 101 {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(String::from))
+            .unwrap_or(text);
+        Err(ApiFailure { status, message }.into())
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Ok(self.send(self.http.get(self.url(path))).await?.json().await?)
+    }
+
+    fn print_json(v: &impl serde::Serialize) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+
+    pub async fn create(&self, a: CreateArgs) -> Result<u8> {
+        let mut body = json!({"template": a.template, "env": kv(&a.env, "--env")?, "metadata": kv(&a.meta, "--meta")?});
+        if let Some(t) = a.timeout {
+            body["timeout"] = json!(t);
+        }
+        if a.cpus.is_some() || a.memory.is_some() || a.disk.is_some() {
+            let d = warren_core::Size::default();
+            let cpus = a.cpus.map(|c| (c * 1000.0).round() as u32).unwrap_or(d.millicpus);
+            body["size"] = json!({"millicpus": cpus, "memoryMib": a.memory.unwrap_or(d.memory_mib),
+                                  "diskMib": a.disk.unwrap_or(d.disk_mib), "pids": d.pids});
+        }
+        let ws: Value = self.send(self.http.post(self.url("/v1/workspaces")).json(&body)).await?.json().await?;
+        if self.conn.json {
+            Self::print_json(&ws)?;
+        } else {
+            println!("{}", ws["id"].as_str().unwrap_or_default());
+        }
+        Ok(0)
+    }
+
+    pub async fn ls(&self) -> Result<u8> {
+        let all: Vec<Value> = self.get("/v1/workspaces").await?;
+        if self.conn.json {
+            Self::print_json(&all)?;
+            return Ok(0);
+        }
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|w| {
+                let s = &w["size"];
+                vec![
+                    w["id"].as_str().unwrap_or("").into(),
+                    w["template"].as_str().unwrap_or("").into(),
+                    w["state"].as_str().unwrap_or("").into(),
+                    format!("{}", s["millicpus"].as_u64().unwrap_or(0) as f64 / 1000.0),
+                    format!("{}", s["memoryMib"].as_u64().unwrap_or(0)),
+                    w["createdAt"].as_str().unwrap_or("").into(),
+                    w["expiresAt"].as_str().unwrap_or("").into(),
+                ]
+            })
+            .collect();
+        table(&["ID", "TEMPLATE", "STATE", "CPUS", "MEMORY MIB", "CREATED", "EXPIRES"], &rows);
+        Ok(0)
+    }
+
+    pub async fn info(&self, id: &str) -> Result<u8> {
+        let w: Value = self.get(&format!("/v1/workspaces/{id}")).await?;
+        if self.conn.json {
+            Self::print_json(&w)?;
+        } else {
+            for k in ["id", "tenant", "template", "state", "provider", "createdAt", "expiresAt", "error"] {
+                if let Some(v) = w.get(k).filter(|v| !v.is_null()) {
+                    println!("{k:<10} {}", v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+                }
+            }
+            println!("{:<10} {}", "size", w["size"]);
+            if w["metadata"].as_object().is_some_and(|m| !m.is_empty()) {
+                println!("{:<10} {}", "metadata", w["metadata"]);
+            }
+        }
+        Ok(0)
+    }
+
+    pub async fn kill(&self, ids: &[String]) -> Result<u8> {
+        let mut worst = 0;
+        for id in ids {
+            match self.send(self.http.delete(self.url(&format!("/v1/workspaces/{id}")))).await {
+                Ok(_) => println!("{id}"),
+                Err(e) => {
+                    eprintln!("warren: {id}: {e:#}");
+                    worst = worst.max(exit_code_of(&e));
+                }
+            }
+        }
+        Ok(worst)
+    }
+
+    pub async fn timeout(&self, id: &str, seconds: u64) -> Result<u8> {
+        let w: Value = self
+            .send(self.http.post(self.url(&format!("/v1/workspaces/{id}/timeout"))).json(&json!({"timeout": seconds})))
+            .await?
+            .json()
+            .await?;
+        if self.conn.json {
+            Self::print_json(&w)?;
+        } else {
+            println!("{id} expires at {}", w["expiresAt"].as_str().unwrap_or("?"));
+        }
+        Ok(0)
+    }
+
+    pub async fn templates(&self) -> Result<u8> {
+        let all: Vec<Value> = self.get("/v1/templates").await?;
+        if self.conn.json {
+            Self::print_json(&all)?;
+        } else {
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|t| vec![t["name"].as_str().unwrap_or("").into(), t["description"].as_str().unwrap_or("").into()])
+                .collect();
+            table(&["NAME", "DESCRIPTION"], &rows);
+        }
+        Ok(0)
+    }
+
+    pub async fn exec(&self, a: ExecArgs) -> Result<u8> {
+        let mut body = if a.cmd.len() == 1 && a.cmd[0].contains(' ') {
+            json!({"command": a.cmd[0]})
+        } else {
+            json!({"argv": a.cmd})
+        };
+        body["env"] = json!(kv(&a.env, "--env")?);
+        if let Some(c) = &a.cwd {
+            body["cwd"] = json!(c);
+        }
+        if let Some(u) = &a.user {
+            body["user"] = json!(u);
+        }
+        if let Some(t) = a.timeout {
+            body["timeout"] = json!(t);
+        }
+        if a.stdin {
+            let mut input = String::new();
+            tokio::io::stdin().read_to_string(&mut input).await.context("reading stdin")?;
+            body["stdin"] = json!(input);
+        }
+        let resp = self.send(self.http.post(self.url(&format!("/v1/workspaces/{}/exec", a.id))).json(&body)).await?;
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        let mut code: Option<u8> = None;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk.context("reading the output stream")?);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let ev: Value = serde_json::from_slice(&line).context("bad event from the server")?;
+                match ev["type"].as_str() {
+                    Some("stdout") => {
+                        let d = b64.decode(ev["data"].as_str().unwrap_or("")).unwrap_or_default();
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&d)?;
+                        out.flush()?;
+                    }
+                    Some("stderr") => {
+                        let d = b64.decode(ev["data"].as_str().unwrap_or("")).unwrap_or_default();
+                        let mut err = std::io::stderr().lock();
+                        err.write_all(&d)?;
+                        err.flush()?;
+                    }
+                    Some("exit") => code = Some(remote_code(ev["exitCode"].as_i64().unwrap_or(1), ev["status"].as_str().unwrap_or(""))),
+                    Some("error") => bail!(ApiFailure {
+                        status: ev["code"].as_u64().unwrap_or(500) as u16,
+                        message: ev["message"].as_str().unwrap_or("").to_string()
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        code.ok_or_else(|| anyhow!("the output stream ended before the command did"))
+    }
+
+    pub async fn shell(&self, a: ShellArgs) -> Result<u8> {
+        let (cols, rows) = term_size();
+        let base = self.conn.url.trim_end_matches('/').replacen("http", "ws", 1);
+        let mut url = format!("{base}/v1/workspaces/{}/pty?cols={cols}&rows={rows}", a.id);
+        if let Some(u) = &a.user {
+            url.push_str(&format!("&user={u}"));
+        }
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        use tokio_tungstenite::tungstenite::Message;
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert("authorization", format!("Bearer {}", self.key).parse()?);
+        let (ws, _) = match tokio_tungstenite::connect_async(req).await {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                let message = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["message"].as_str().map(String::from)).unwrap_or(body);
+                bail!(ApiFailure { status, message });
+            }
+            Err(e) => return Err(e).context("opening the terminal"),
+        };
+        let (mut sink, mut source) = ws.split();
+        let raw = RawMode::enable();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(64);
+        // Keyboard → workspace.
+        let keys = tx.clone();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 || keys.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Window size changes.
+        let winch = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            while sig.recv().await.is_some() {
+                let (cols, rows) = term_size();
+                let msg = json!({"resize": {"cols": cols, "rows": rows}}).to_string();
+                if winch.send(Message::Text(msg.into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdout = tokio::io::stdout();
+        let mut code = 0u8;
+        while let Some(msg) = source.next().await {
+            match msg? {
+                Message::Binary(d) => {
+                    stdout.write_all(&d).await?;
+                    stdout.flush().await?;
+                }
+                Message::Text(t) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
+                        if let Some(c) = v["exit"].as_i64() {
+                            code = remote_code(c, "");
+                        }
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        drop(raw);
+        Ok(code)
+    }
+
+    pub async fn cp(&self, src: &str, dst: &str) -> Result<u8> {
+        match (split_remote(src), split_remote(dst)) {
+            (None, Some((id, path))) => {
+                let body = if src == "-" {
+                    let mut data = Vec::new();
+                    tokio::io::stdin().read_to_end(&mut data).await?;
+                    reqwest::Body::from(data)
+                } else {
+                    let f = tokio::fs::File::open(src).await.with_context(|| format!("opening {src}"))?;
+                    reqwest::Body::wrap_stream(tokio_util_stream(f))
+                };
+                let url = self.url(&format!("/v1/workspaces/{id}/files?path={}", enc(path)));
+                self.send(self.http.put(url).body(body)).await?;
+            }
+            (Some((id, path)), None) => {
+                let url = self.url(&format!("/v1/workspaces/{id}/files?path={}", enc(path)));
+                let resp = self.send(self.http.get(url)).await?;
+                let mut stream = resp.bytes_stream();
+                if dst == "-" {
+                    let mut out = tokio::io::stdout();
+                    while let Some(c) = stream.next().await {
+                        out.write_all(&c?).await?;
+                    }
+                    out.flush().await?;
+                } else {
+                    let tmp = format!("{dst}.warren-partial");
+                    let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {dst}"))?;
+                    while let Some(c) = stream.next().await {
+                        f.write_all(&c?).await?;
+                    }
+                    f.flush().await?;
+                    tokio::fs::rename(&tmp, dst).await?;
+                }
+            }
+            _ => bail!("exactly one of SRC and DST must be remote (ID:/path)"),
+        }
+        Ok(0)
+    }
+}
+
+/// `ID:/path` → (id, path); local paths (with `/` or `.` before any `:`) → None.
+fn split_remote(s: &str) -> Option<(&str, &str)> {
+    let (id, path) = s.split_once(':')?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return None;
+    }
+    Some((id, path))
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn tokio_util_stream(f: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(f, |mut f| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+/// A remote exit: the code, or 128 + signal for "signal: NAME".
+fn remote_code(code: i64, status: &str) -> u8 {
+    if code >= 0 {
+        return code.clamp(0, 255) as u8;
+    }
+    let sig = match status.strip_prefix("signal: ") {
+        Some("hangup") => 1,
+        Some("interrupt") => 2,
+        Some("killed") => 9,
+        Some("terminated") => 15,
+        Some("segmentation fault") => 11,
+        Some("aborted") => 6,
+        _ => 127,
+    };
+    (128 + sig).min(255) as u8
+}
+
+fn table(head: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let fmt = |cells: Vec<&str>| cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect::<Vec<_>>().join("  ");
+    println!("{}", fmt(head.to_vec()).trim_end());
+    for r in rows {
+        println!("{}", fmt(r.iter().map(String::as_str).collect()).trim_end());
+    }
+}
+
+fn term_size() -> (u16, u16) {
+    // SAFETY: TIOCGWINSZ writes one winsize into the zeroed local.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: ioctl on stdout with a valid out-pointer.
+    let ok = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0;
+    if ok {
+        (ws.ws_col, ws.ws_row)
+    } else {
+        (80, 24)
+    }
+}
+
+/// Puts the local terminal in raw mode while alive (when stdin is a tty).
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enable() -> Self {
+        use nix::sys::termios;
+        let stdin = std::io::stdin();
+        let Ok(orig) = termios::tcgetattr(&stdin) else { return RawMode(None) };
+        let mut raw = orig.clone();
+        termios::cfmakeraw(&mut raw);
+        if termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw).is_err() {
+            return RawMode(None);
+        }
+        RawMode(Some(orig))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(orig) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, orig);
+        }
+    }
+}

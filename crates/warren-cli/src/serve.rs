@@ -1,0 +1,222 @@
+//! `warren serve`: configuration, wiring, start-up and shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use warren_core::{Clock, SystemClock};
+use warren_orchestrator::{Config as OrchConfig, Orchestrator};
+use warren_provider::SandboxProvider;
+use warren_server::{auth, AppState};
+use warren_store::{RedbStore, StateStore};
+
+/// `warren.toml`. Every field has a working default; environment variables
+/// and flags override the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the API (env WARREN_LISTEN).
+    pub listen: String,
+    /// Holds the state store, templates and workspaces (env WARREN_DATA_DIR).
+    pub data_dir: PathBuf,
+    /// `local` (namespaces; needs root) or `process` (no isolation; for
+    /// development) (env WARREN_PROVIDER).
+    pub provider: String,
+    /// Seconds a workspace lives unless told otherwise.
+    pub default_timeout: u64,
+    /// Longest timeout a client may ask for, seconds.
+    pub max_timeout: u64,
+    /// The agent binary injected into workspaces (default: next to `warren`).
+    pub agent: Option<PathBuf>,
+    /// The `warren-sandbox` helper (default: next to `warren`).
+    pub sandbox_helper: Option<PathBuf>,
+    /// Install the seccomp filter in local workspaces.
+    pub seccomp: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7474".into(),
+            data_dir: PathBuf::from("/var/lib/warren"),
+            provider: "local".into(),
+            default_timeout: 300,
+            max_timeout: 86_400,
+            agent: None,
+            sandbox_helper: None,
+            seccomp: true,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML). Env: WARREN_CONFIG.
+    #[arg(long, env = "WARREN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:7474 or 0.0.0.0:7474. Env: WARREN_LISTEN.
+    #[arg(long, env = "WARREN_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory. Env: WARREN_DATA_DIR.
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Backend: local or process. Env: WARREN_PROVIDER.
+    #[arg(long, env = "WARREN_PROVIDER")]
+    pub provider: Option<String>,
+    /// A file holding the admin API key to use instead of a generated one.
+    /// Env: WARREN_ADMIN_KEY_FILE (or WARREN_ADMIN_KEY with the key itself).
+    #[arg(long, env = "WARREN_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+}
+
+pub fn load_config(args: &ServeArgs) -> Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let raw = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str::<Config>(&raw).with_context(|| format!("invalid config {}", p.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(l) = &args.listen {
+        cfg.listen = l.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(p) = &args.provider {
+        cfg.provider = p.clone();
+    }
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+fn validate(cfg: &Config) -> Result<()> {
+    cfg.listen
+        .parse::<std::net::SocketAddr>()
+        .with_context(|| format!("listen = {:?}: expected an address like 127.0.0.1:7474", cfg.listen))?;
+    if !["local", "process"].contains(&cfg.provider.as_str()) {
+        bail!("provider = {:?}: expected \"local\" or \"process\"", cfg.provider);
+    }
+    if cfg.default_timeout == 0 || cfg.default_timeout > cfg.max_timeout {
+        bail!("default_timeout = {}: must be between 1 and max_timeout ({})", cfg.default_timeout, cfg.max_timeout);
+    }
+    if !cfg.data_dir.is_absolute() {
+        bail!("data_dir = {}: must be an absolute path", cfg.data_dir.display());
+    }
+    Ok(())
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the warren binary")?;
+    let dir = exe.parent().context("warren binary has no directory")?;
+    Ok(dir.join(name))
+}
+
+fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
+    let agent = match (&cfg.agent, std::env::var_os("WARREN_AGENT_BIN")) {
+        (Some(a), _) => a.clone(),
+        (None, Some(a)) => PathBuf::from(a),
+        (None, None) => sibling("warren-agent")?,
+    };
+    if !agent.is_file() {
+        bail!("agent binary {} not found (build it with `cargo build --release`, or set agent = \"...\")", agent.display());
+    }
+    Ok(match cfg.provider.as_str() {
+        "process" => Arc::new(warren_provider::fake::ProcessProvider::new(cfg.data_dir.join("process"), agent)),
+        _ => {
+            let helper = match &cfg.sandbox_helper {
+                Some(h) => h.clone(),
+                None => sibling("warren-sandbox")?,
+            };
+            let local = warren_provider_local::LocalProvider::new(warren_provider_local::LocalConfig {
+                state_dir: cfg.data_dir.join("local"),
+                agent,
+                helper,
+                seccomp: cfg.seccomp,
+            })
+            .map_err(|e| anyhow::anyhow!("local provider: {e} (use --provider process to run without isolation)"))?;
+            Arc::new(local)
+        }
+    })
+}
+
+/// Ensures an admin key exists. Returns the key when it was created or
+/// given now (so it can be printed), `None` when one already existed.
+async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) -> Result<Option<String>> {
+    let preset = match (&args.admin_key_file, std::env::var("WARREN_ADMIN_KEY").ok()) {
+        (Some(f), _) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_string()),
+        (None, Some(k)) => Some(k.trim().to_string()),
+        (None, None) => None,
+    };
+    let now = SystemClock.now_ms();
+    if let Some(key) = preset {
+        if !auth::valid_key(&key) {
+            bail!("the preset admin key must be 16 to 256 printable characters");
+        }
+        if store.get_api_key(&auth::hash_key(&key)).await?.is_none() {
+            store.put_api_key(&auth::record(&key, "default", "admin (preset)", true, now)).await?;
+        }
+        return Ok(None);
+    }
+    if store.list_api_keys().await?.iter().any(|k| k.admin && !k.revoked) {
+        return Ok(None);
+    }
+    let key = auth::new_key();
+    store.put_api_key(&auth::record(&key, "default", "admin", true, now)).await?;
+    // Root-only copy so that the CLI on this machine finds it.
+    let path = data_dir.join("admin.key");
+    std::fs::write(&path, format!("{key}\n")).with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(Some(key))
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let cfg = load_config(&args)?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store: Arc<dyn StateStore> = Arc::new(
+        RedbStore::open(&cfg.data_dir.join("state.redb")).map_err(|e| anyhow::anyhow!("opening the state store: {e}"))?,
+    );
+    let provider = provider(&cfg)?;
+    let orch = Arc::new(Orchestrator::new(
+        provider,
+        store.clone(),
+        Arc::new(SystemClock),
+        OrchConfig {
+            default_timeout: Duration::from_secs(cfg.default_timeout),
+            max_timeout: Duration::from_secs(cfg.max_timeout),
+            ..OrchConfig::default()
+        },
+    ));
+    let report = orch.reconcile().await.map_err(|e| anyhow::anyhow!("reconcile: {e}"))?;
+    if report != Default::default() {
+        eprintln!(
+            "warren: reconciled: {} adopted, {} failed, {} orphans removed, {} purged",
+            report.adopted, report.failed, report.orphans_removed, report.purged
+        );
+    }
+    let created_key = admin_key(store.as_ref(), &args, &cfg.data_dir).await?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let reaper = orch.spawn_reaper();
+    let state = AppState { orch: orch.clone(), metrics: Default::default() };
+    if let Some(key) = created_key {
+        println!("admin API key (shown once, also in {}): {key}", cfg.data_dir.join("admin.key").display());
+    }
+    println!("warren ready on http://{addr}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        eprintln!("warren: shutting down (workspaces keep running and are adopted at the next start)");
+    };
+    warren_server::serve(listener, state, shutdown).await?;
+    reaper.abort();
+    Ok(())
+}

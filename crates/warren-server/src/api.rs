@@ -1,0 +1,226 @@
+//! Native API handlers: workspaces, templates, files, health.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::TryStreamExt;
+use http_body_util::BodyExt as _;
+use serde::{Deserialize, Serialize};
+use warren_core::{Size, WorkspaceId};
+use warren_orchestrator::CreateRequest;
+use warren_proto::json::rfc3339;
+use warren_store::WorkspaceRecord;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// A workspace as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceView {
+    pub id: String,
+    pub tenant: String,
+    pub template: String,
+    pub state: String,
+    pub provider: String,
+    pub size: Size,
+    pub created_at: String,
+    pub expires_at: String,
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// RFC 3339 with millisecond precision.
+pub fn time(ms: u64) -> String {
+    let whole = rfc3339((ms / 1000) as i64, 0);
+    format!("{}.{:03}Z", whole.trim_end_matches('Z'), ms % 1000)
+}
+
+impl From<&WorkspaceRecord> for WorkspaceView {
+    fn from(r: &WorkspaceRecord) -> Self {
+        WorkspaceView {
+            id: r.id.to_string(),
+            tenant: r.tenant.clone(),
+            template: r.template.clone(),
+            state: r.state.as_str().to_string(),
+            provider: r.provider.clone(),
+            size: r.size,
+            created_at: time(r.created_at_ms),
+            expires_at: time(r.expires_at_ms),
+            metadata: r.metadata.clone(),
+            error: r.error.clone(),
+        }
+    }
+}
+
+pub fn parse_id(id: &str) -> ApiResult<WorkspaceId> {
+    id.parse().map_err(|_| ApiError::not_found(format!("workspace {id} not found")))
+}
+
+/// Parses a JSON body with a clear error (axum's own rejections are not JSON).
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBody {
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub size: Option<Size>,
+    /// Seconds.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+pub async fn create(State(s): State<AppState>, caller: Caller, body: axum::body::Bytes) -> ApiResult<Response> {
+    let b: CreateBody = json_body(&body)?;
+    let started = std::time::Instant::now();
+    let rec = s
+        .orch
+        .create(CreateRequest {
+            tenant: caller.tenant.clone(),
+            template: b.template.unwrap_or_else(|| "base".into()),
+            size: b.size,
+            timeout: b.timeout.map(Duration::from_secs),
+            env: b.env,
+            metadata: b.metadata,
+        })
+        .await;
+    s.metrics.observe_create(started.elapsed(), rec.is_ok());
+    let rec = rec?;
+    Ok((StatusCode::CREATED, Json(WorkspaceView::from(&rec))).into_response())
+}
+
+pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<WorkspaceView>>> {
+    let all = s.orch.list(caller.scope()).await?;
+    Ok(Json(all.iter().map(WorkspaceView::from).collect()))
+}
+
+pub async fn info(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<WorkspaceView>> {
+    let rec = s.orch.get(caller.scope(), &parse_id(&id)?).await?;
+    Ok(Json(WorkspaceView::from(&rec)))
+}
+
+pub async fn kill(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    s.orch.kill(caller.scope(), &parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutBody {
+    /// Seconds from now.
+    pub timeout: u64,
+}
+
+pub async fn timeout(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<WorkspaceView>> {
+    let b: TimeoutBody = json_body(&body)?;
+    let rec = s.orch.set_timeout(caller.scope(), &parse_id(&id)?, Duration::from_secs(b.timeout)).await?;
+    Ok(Json(WorkspaceView::from(&rec)))
+}
+
+pub async fn pause(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<WorkspaceView>> {
+    let rec = s.orch.pause(caller.scope(), &parse_id(&id)?).await?;
+    Ok(Json(WorkspaceView::from(&rec)))
+}
+
+pub async fn resume(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<WorkspaceView>> {
+    let rec = s.orch.resume(caller.scope(), &parse_id(&id)?).await?;
+    Ok(Json(WorkspaceView::from(&rec)))
+}
+
+pub async fn stats(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<warren_provider::Stats>> {
+    Ok(Json(s.orch.stats(caller.scope(), &parse_id(&id)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FileQuery {
+    pub path: Option<String>,
+    pub user: Option<String>,
+}
+
+fn required_path(q: &FileQuery) -> ApiResult<&str> {
+    q.path.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad_request("query parameter 'path' is required"))
+}
+
+/// Streams a file out of a workspace.
+pub async fn download(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+) -> ApiResult<Response> {
+    let path = required_path(&q)?;
+    let (_, agent) = s.orch.agent(caller.scope(), &parse_id(&id)?).await?;
+    let agent = match &q.user {
+        Some(u) => agent.as_user(u),
+        None => agent,
+    };
+    let body = agent.read_file(path).await?;
+    let stream = body.into_data_stream();
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(stream)).into_response())
+}
+
+#[derive(Serialize)]
+struct Uploaded {
+    path: String,
+}
+
+/// Streams a request body into a file of a workspace.
+pub async fn upload(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    body: Body,
+) -> ApiResult<Response> {
+    let path = required_path(&q)?.to_string();
+    let (_, agent) = s.orch.agent(caller.scope(), &parse_id(&id)?).await?;
+    let agent = match &q.user {
+        Some(u) => agent.as_user(u),
+        None => agent,
+    };
+    let stream = TryStreamExt::map_ok(TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other), hyper::body::Frame::data);
+    let body = http_body_util::StreamBody::new(stream).boxed_unsync();
+    let info = agent.write_file(&path, body).await?;
+    let path = info.first().map(|i| i.path.clone()).unwrap_or(path);
+    Ok((StatusCode::OK, Json(Uploaded { path })).into_response())
+}
+
+pub async fn templates(State(s): State<AppState>, _caller: Caller) -> ApiResult<Json<Vec<warren_provider::TemplateInfo>>> {
+    Ok(Json(s.orch.templates().await?))
+}
+
+#[derive(Serialize)]
+pub struct Health {
+    status: &'static str,
+    provider: String,
+    version: &'static str,
+}
+
+pub async fn health(State(s): State<AppState>) -> Json<Health> {
+    Json(Health { status: "ok", provider: s.orch.provider().name().to_string(), version: env!("CARGO_PKG_VERSION") })
+}
+
+pub async fn no_route(req: axum::extract::Request) -> ApiError {
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+}

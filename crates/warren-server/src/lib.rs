@@ -1,0 +1,77 @@
+//! The HTTP edge of warren.
+//!
+//! - `/v1/...`: the native API (workspaces, exec as NDJSON, PTY over
+//!   WebSocket, files as streams, templates), API-key authenticated;
+//! - `/v1/health`, `/metrics` (Prometheus), `/v1/openapi.json`.
+//!
+//! Every error is JSON `{code, message}` with `code` = the HTTP status.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod exec;
+pub mod metrics;
+pub mod openapi;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::Router;
+use warren_orchestrator::Orchestrator;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub orch: Arc<Orchestrator>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        auth::authenticate(state.orch.store().as_ref(), &parts.headers).await
+    }
+}
+
+/// Largest JSON body accepted on the API (file uploads are streamed, unlimited).
+pub const JSON_LIMIT: usize = 1 << 20;
+
+pub fn router(state: AppState) -> Router {
+    let workspaces = Router::new()
+        .route("/v1/workspaces", post(api::create).get(api::list))
+        .route("/v1/workspaces/{id}", get(api::info).delete(api::kill))
+        .route("/v1/workspaces/{id}/timeout", post(api::timeout))
+        .route("/v1/workspaces/{id}/pause", post(api::pause))
+        .route("/v1/workspaces/{id}/resume", post(api::resume))
+        .route("/v1/workspaces/{id}/stats", get(api::stats))
+        .route("/v1/workspaces/{id}/exec", post(exec::exec))
+        .route("/v1/workspaces/{id}/pty", get(exec::pty))
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .route("/v1/workspaces/{id}/files", get(api::download).put(api::upload).layer(DefaultBodyLimit::disable()));
+    Router::new()
+        .merge(workspaces)
+        .route("/v1/templates", get(api::templates))
+        .route("/v1/health", get(api::health))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::scrape))
+        .fallback(api::no_route)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

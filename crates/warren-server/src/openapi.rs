@@ -1,0 +1,68 @@
+//! The OpenAPI document of the native API. [`ROUTES`] is the single list of
+//! operations; a test calls every one of them against the real router.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+/// (method, path, summary, success status)
+pub const ROUTES: &[(&str, &str, &str, u16)] = &[
+    ("post", "/v1/workspaces", "Create a workspace", 201),
+    ("get", "/v1/workspaces", "List workspaces", 200),
+    ("get", "/v1/workspaces/{id}", "Describe a workspace", 200),
+    ("delete", "/v1/workspaces/{id}", "Kill a workspace", 204),
+    ("post", "/v1/workspaces/{id}/timeout", "Set the timeout (seconds from now)", 200),
+    ("post", "/v1/workspaces/{id}/pause", "Pause a workspace", 200),
+    ("post", "/v1/workspaces/{id}/resume", "Resume a paused workspace", 200),
+    ("get", "/v1/workspaces/{id}/stats", "Resource usage", 200),
+    ("post", "/v1/workspaces/{id}/exec", "Run a command; the reply is NDJSON events", 200),
+    ("get", "/v1/workspaces/{id}/pty", "Interactive terminal over WebSocket", 101),
+    ("get", "/v1/workspaces/{id}/files", "Download a file (streamed)", 200),
+    ("put", "/v1/workspaces/{id}/files", "Upload a file (streamed)", 200),
+    ("get", "/v1/templates", "List templates", 200),
+    ("get", "/v1/health", "Health (no auth)", 200),
+    ("get", "/v1/openapi.json", "This document (no auth)", 200),
+    ("get", "/metrics", "Prometheus metrics (no auth)", 200),
+];
+
+fn error_schema() -> Value {
+    json!({"type": "object", "required": ["code", "message"],
+           "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}})
+}
+
+pub fn build() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary, status) in ROUTES {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                status.to_string(): {"description": "success"},
+                "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        if path.contains("{id}") {
+            op["parameters"] = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9]{1,63}$"}}]);
+        }
+        if !["/v1/health", "/v1/openapi.json", "/metrics"].contains(path) {
+            op["security"] = json!([{"bearer": []}, {"apiKey": []}]);
+        }
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "warren", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Native API of warren. Errors are JSON {code, message} with code = HTTP status."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+            },
+            "schemas": {"Error": error_schema()}
+        }
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}
