@@ -92,7 +92,9 @@ pub struct ShellArgs {
 fn kv(list: &[String], what: &str) -> Result<BTreeMap<String, String>> {
     list.iter()
         .map(|s| {
-            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("{what} {s:?}: expected KEY=VALUE"))
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("{what} {s:?}: expected KEY=VALUE"))
         })
         .collect()
 }
@@ -124,7 +126,11 @@ impl Client {
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = rb.bearer_auth(&self.key).send().await.with_context(|| format!("cannot reach warren at {}", self.conn.url))?;
+        let resp = rb
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach warren at {}", self.conn.url))?;
         if resp.status().is_success() || resp.status().as_u16() == 101 {
             return Ok(resp);
         }
@@ -295,7 +301,10 @@ impl Client {
                         err.write_all(&d)?;
                         err.flush()?;
                     }
-                    Some("exit") => code = Some(remote_code(ev["exitCode"].as_i64().unwrap_or(1), ev["status"].as_str().unwrap_or(""))),
+                    Some("exit") => {
+                        code =
+                            Some(remote_code(ev["exitCode"].as_i64().unwrap_or(1), ev["status"].as_str().unwrap_or("")))
+                    }
                     Some("error") => bail!(ApiFailure {
                         status: ev["code"].as_u64().unwrap_or(500) as u16,
                         message: ev["message"].as_str().unwrap_or("").to_string()
@@ -323,7 +332,10 @@ impl Client {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-                let message = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["message"].as_str().map(String::from)).unwrap_or(body);
+                let message = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(String::from))
+                    .unwrap_or(body);
                 bail!(ApiFailure { status, message });
             }
             Err(e) => return Err(e).context("opening the terminal"),
@@ -345,7 +357,9 @@ impl Client {
         // Window size changes.
         let winch = tx.clone();
         tokio::spawn(async move {
-            let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut sig) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+                return;
+            };
             while sig.recv().await.is_some() {
                 let (cols, rows) = term_size();
                 let msg = json!({"resize": {"cols": cols, "rows": rows}}).to_string();
@@ -480,7 +494,9 @@ fn table(head: &[&str], rows: &[Vec<String>]) {
             w[i] = w[i].max(c.len());
         }
     }
-    let fmt = |cells: Vec<&str>| cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect::<Vec<_>>().join("  ");
+    let fmt = |cells: Vec<&str>| {
+        cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect::<Vec<_>>().join("  ")
+    };
     println!("{}", fmt(head.to_vec()).trim_end());
     for r in rows {
         println!("{}", fmt(r.iter().map(String::as_str).collect()).trim_end());

@@ -121,7 +121,10 @@ fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
         (None, None) => sibling("warren-agent")?,
     };
     if !agent.is_file() {
-        bail!("agent binary {} not found (build it with `cargo build --release`, or set agent = \"...\")", agent.display());
+        bail!(
+            "agent binary {} not found (build it with `cargo build --release`, or set agent = \"...\")",
+            agent.display()
+        );
     }
     Ok(match cfg.provider.as_str() {
         "process" => Arc::new(warren_provider::fake::ProcessProvider::new(cfg.data_dir.join("process"), agent)),
@@ -146,7 +149,9 @@ fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
 /// given now (so it can be printed), `None` when one already existed.
 async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) -> Result<Option<String>> {
     let preset = match (&args.admin_key_file, std::env::var("WARREN_ADMIN_KEY").ok()) {
-        (Some(f), _) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_string()),
+        (Some(f), _) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_string())
+        }
         (None, Some(k)) => Some(k.trim().to_string()),
         (None, None) => None,
     };
@@ -177,7 +182,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let cfg = load_config(&args)?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let store: Arc<dyn StateStore> = Arc::new(
-        RedbStore::open(&cfg.data_dir.join("state.redb")).map_err(|e| anyhow::anyhow!("opening the state store: {e}"))?,
+        RedbStore::open(&cfg.data_dir.join("state.redb"))
+            .map_err(|e| anyhow::anyhow!("opening the state store: {e}"))?,
     );
     let provider = provider(&cfg)?;
     let orch = Arc::new(Orchestrator::new(
@@ -198,7 +204,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         );
     }
     let created_key = admin_key(store.as_ref(), &args, &cfg.data_dir).await?;
-    let listener = tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let reaper = orch.spawn_reaper();
     let state = AppState { orch: orch.clone(), metrics: Default::default() };

@@ -138,17 +138,29 @@ pub async fn timeout(
     Ok(Json(WorkspaceView::from(&rec)))
 }
 
-pub async fn pause(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<WorkspaceView>> {
+pub async fn pause(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkspaceView>> {
     let rec = s.orch.pause(caller.scope(), &parse_id(&id)?).await?;
     Ok(Json(WorkspaceView::from(&rec)))
 }
 
-pub async fn resume(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<WorkspaceView>> {
+pub async fn resume(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkspaceView>> {
     let rec = s.orch.resume(caller.scope(), &parse_id(&id)?).await?;
     Ok(Json(WorkspaceView::from(&rec)))
 }
 
-pub async fn stats(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<warren_provider::Stats>> {
+pub async fn stats(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<warren_provider::Stats>> {
     Ok(Json(s.orch.stats(caller.scope(), &parse_id(&id)?).await?))
 }
 
@@ -159,7 +171,10 @@ pub struct FileQuery {
 }
 
 fn required_path(q: &FileQuery) -> ApiResult<&str> {
-    q.path.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad_request("query parameter 'path' is required"))
+    q.path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ApiError::bad_request("query parameter 'path' is required"))
 }
 
 /// Streams a file out of a workspace.
@@ -199,14 +214,20 @@ pub async fn upload(
         Some(u) => agent.as_user(u),
         None => agent,
     };
-    let stream = TryStreamExt::map_ok(TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other), hyper::body::Frame::data);
+    let stream = TryStreamExt::map_ok(
+        TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other),
+        hyper::body::Frame::data,
+    );
     let body = http_body_util::StreamBody::new(stream).boxed_unsync();
     let info = agent.write_file(&path, body).await?;
     let path = info.first().map(|i| i.path.clone()).unwrap_or(path);
     Ok((StatusCode::OK, Json(Uploaded { path })).into_response())
 }
 
-pub async fn templates(State(s): State<AppState>, _caller: Caller) -> ApiResult<Json<Vec<warren_provider::TemplateInfo>>> {
+pub async fn templates(
+    State(s): State<AppState>,
+    _caller: Caller,
+) -> ApiResult<Json<Vec<warren_provider::TemplateInfo>>> {
     Ok(Json(s.orch.templates().await?))
 }
 

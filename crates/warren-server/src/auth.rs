@@ -61,7 +61,8 @@ pub fn presented_key(h: &HeaderMap) -> Option<&str> {
 }
 
 pub async fn authenticate(store: &dyn StateStore, h: &HeaderMap) -> Result<Caller, ApiError> {
-    let key = presented_key(h).ok_or_else(|| ApiError::unauthorized("missing API key (Authorization: Bearer <key> or X-API-Key)"))?;
+    let key = presented_key(h)
+        .ok_or_else(|| ApiError::unauthorized("missing API key (Authorization: Bearer <key> or X-API-Key)"))?;
     let rec = store
         .get_api_key(&hash_key(key))
         .await

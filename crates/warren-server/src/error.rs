@@ -66,7 +66,9 @@ impl From<warren_proto::client::ClientError> for ApiError {
         use warren_proto::connect::Code;
         let status = match e.code() {
             Some(Code::NotFound) => StatusCode::NOT_FOUND,
-            Some(Code::InvalidArgument) | Some(Code::FailedPrecondition) | Some(Code::OutOfRange) => StatusCode::BAD_REQUEST,
+            Some(Code::InvalidArgument) | Some(Code::FailedPrecondition) | Some(Code::OutOfRange) => {
+                StatusCode::BAD_REQUEST
+            }
             Some(Code::AlreadyExists) => StatusCode::CONFLICT,
             Some(Code::PermissionDenied) => StatusCode::FORBIDDEN,
             Some(Code::Unauthenticated) => StatusCode::BAD_REQUEST,

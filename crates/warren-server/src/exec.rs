@@ -13,7 +13,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use warren_proto::client::{AgentClient, CallOptions};
-use warren_proto::process::{DataEvent, ProcessConfig, ProcessEvent, ProcessInput, ProcessSelector, Pty, PtySize, StartRequest};
+use warren_proto::process::{
+    DataEvent, ProcessConfig, ProcessEvent, ProcessInput, ProcessSelector, Pty, PtySize, StartRequest,
+};
 
 use crate::api::{json_body, parse_id};
 use crate::auth::Caller;
@@ -47,13 +49,25 @@ pub struct ExecBody {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ExecEvent {
-    Start { pid: u32 },
+    Start {
+        pid: u32,
+    },
     /// `data` is base64.
-    Stdout { data: String },
-    Stderr { data: String },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
     #[serde(rename_all = "camelCase")]
-    Exit { exit_code: i32, status: String },
-    Error { code: u16, message: String },
+    Exit {
+        exit_code: i32,
+        status: String,
+    },
+    Error {
+        code: u16,
+        message: String,
+    },
 }
 
 fn line(ev: &ExecEvent) -> Bytes {
@@ -66,7 +80,12 @@ fn b64(d: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(d)
 }
 
-pub async fn exec(State(s): State<AppState>, caller: Caller, Path(id): Path<String>, body: Bytes) -> ApiResult<Response> {
+pub async fn exec(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let b: ExecBody = json_body(&body)?;
     let (cmd, args) = match (b.argv.split_first(), &b.command) {
         (Some((c, rest)), None) => (c.clone(), rest.to_vec()),
@@ -112,7 +131,8 @@ pub async fn exec(State(s): State<AppState>, caller: Caller, Path(id): Path<Stri
             }
         }
     });
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) }));
+    let body =
+        Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) }));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson"), (header::CACHE_CONTROL, "no-cache")], body).into_response())
 }
 
@@ -137,9 +157,12 @@ pub async fn pty(
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<PtyQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    // Authorisation and existence first, so the answer never depends on
+    // whether the caller asked for an upgrade.
     let (_, agent) = s.orch.agent(caller.scope(), &parse_id(&id)?).await?;
+    let ws = ws.map_err(|e| ApiError::bad_request(format!("this route needs a WebSocket upgrade: {e}")))?;
     let agent = match &q.user {
         Some(u) => agent.as_user(u),
         None => agent,

@@ -82,8 +82,14 @@ pub async fn scrape(State(s): State<AppState>) -> Response {
         out.push_str(&format!("warren_http_responses_total{{class=\"{}xx\"}} {}\n", i + 1, c.load(Ordering::Relaxed)));
     }
     out.push_str("# TYPE warren_workspace_creates_total counter\n");
-    out.push_str(&format!("warren_workspace_creates_total{{result=\"ok\"}} {}\n", m.creates_ok.load(Ordering::Relaxed)));
-    out.push_str(&format!("warren_workspace_creates_total{{result=\"failed\"}} {}\n", m.creates_failed.load(Ordering::Relaxed)));
+    out.push_str(&format!(
+        "warren_workspace_creates_total{{result=\"ok\"}} {}\n",
+        m.creates_ok.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "warren_workspace_creates_total{{result=\"failed\"}} {}\n",
+        m.creates_failed.load(Ordering::Relaxed)
+    ));
     m.create_latency.render("warren_workspace_create_seconds", &mut out);
     m.request_latency.render("warren_http_request_seconds", &mut out);
     if let Ok(all) = s.orch.list(None).await {
