@@ -191,11 +191,12 @@ async fn pty_session(socket: WebSocket, agent: AgentClient, mut stream: warren_p
     let input = tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(d) => {
-                    if input_agent.send_input(input_sel.clone(), ProcessInput::Pty(d.to_vec())).await.is_err() {
-                        break;
-                    }
+                Message::Binary(d)
+                    if input_agent.send_input(input_sel.clone(), ProcessInput::Pty(d.to_vec())).await.is_err() =>
+                {
+                    break
                 }
+                Message::Binary(_) => {}
                 Message::Text(t) => {
                     if let Ok(PtyControl::Resize { cols, rows }) = serde_json::from_str(t.as_str()) {
                         let _ = input_agent.resize(input_sel.clone(), PtySize { cols, rows }).await;
