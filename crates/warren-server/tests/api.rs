@@ -199,10 +199,10 @@ async fn workspace_life_exec_files_and_pty() {
     ws_conn.send(Message::Binary(b"stty size; echo pty-$((2*21))\n".to_vec().into())).await.unwrap();
     let mut seen = String::new();
     while !seen.contains("pty-42") {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), ws_conn.next()).await.unwrap().unwrap().unwrap()
-        {
-            Message::Binary(d) => seen.push_str(&String::from_utf8_lossy(&d)),
-            _ => {}
+        let msg =
+            tokio::time::timeout(std::time::Duration::from_secs(10), ws_conn.next()).await.unwrap().unwrap().unwrap();
+        if let Message::Binary(d) = msg {
+            seen.push_str(&String::from_utf8_lossy(&d));
         }
     }
     assert!(seen.contains("20 90"), "{seen}");
