@@ -1,0 +1,218 @@
+//! End to end: the real `warren serve` on the local provider, driven by the
+//! real `warren` CLI. Runs as root.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "e2b_0123456789abcdef0123456789abcdef01234567";
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_warren")
+}
+
+/// The sandbox helper next to the warren binary (built if missing).
+fn ensure_helper() {
+    let helper = Path::new(bin()).with_file_name("warren-sandbox");
+    if !helper.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-p", "warren-provider-local", "--bin", "warren-sandbox"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn serve(data: &Path, port: u16) -> Serve {
+    ensure_helper();
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .env("WARREN_ADMIN_KEY", KEY)
+        .env("WARREN_AGENT_BIN", warren_provider::conformance::agent_binary())
+        .env_remove("WARREN_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        assert!(Instant::now() < deadline, "server did not get ready");
+        let line = lines.next().expect("server exited before it was ready").unwrap();
+        if let Some(u) = line.strip_prefix("warren ready on ") {
+            break u.to_string();
+        }
+    };
+    // Keep draining stdout so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Serve { child, url }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(s: &Serve, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(bin())
+        .args(args)
+        .env("WARREN_URL", &s.url)
+        .env("WARREN_API_KEY", KEY)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    c.wait_with_output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn create_exec_files_shell_kill() {
+    let data = tempfile::tempdir().unwrap();
+    let s = serve(data.path(), free_port());
+    let id = ok(&cli(&s, &["create", "--timeout", "600", "--env", "HELLO=world"], None));
+    assert_eq!(id.len(), 20);
+
+    let o =
+        cli(&s, &["exec", &id, "--", "bash", "-c", "echo $HELLO $(id -un) $(hostname); echo oops >&2; exit 3"], None);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("world user {id}\n"));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
+    assert_eq!(ok(&cli(&s, &["exec", &id, "echo $((40+2)) | tr 4 X"], None)), "X2");
+    assert_eq!(ok(&cli(&s, &["exec", "-i", &id, "--", "wc", "-c"], Some("12345"))), "5");
+
+    // Files in and out.
+    let local = data.path().join("in.txt");
+    std::fs::write(&local, "payload\n").unwrap();
+    ok(&cli(&s, &["cp", local.to_str().unwrap(), &format!("{id}:/home/user/in.txt")], None));
+    assert_eq!(ok(&cli(&s, &["exec", &id, "--", "cat", "/home/user/in.txt"], None)), "payload");
+    let out = data.path().join("out.txt");
+    ok(&cli(&s, &["cp", &format!("{id}:/home/user/in.txt"), out.to_str().unwrap()], None));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "payload\n");
+    assert_eq!(ok(&cli(&s, &["cp", &format!("{id}:/home/user/in.txt"), "-"], None)), "payload");
+
+    // A shell through a PTY (stdin is a pipe here, so no raw mode).
+    let o = cli(&s, &["shell", &id], Some("echo shell-$((6*7))\nexit 5\n"));
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("shell-42"));
+
+    // Listing, info, timeout, templates.
+    assert!(ok(&cli(&s, &["ls"], None)).contains(&id));
+    let listed: serde_json::Value = serde_json::from_str(&ok(&cli(&s, &["ls", "--json"], None))).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert!(ok(&cli(&s, &["info", &id], None)).contains("running"));
+    assert!(ok(&cli(&s, &["timeout", &id, "900"], None)).contains("expires at"));
+    assert!(ok(&cli(&s, &["templates"], None)).contains("base"));
+
+    // Kill; then the documented exit codes.
+    assert_eq!(ok(&cli(&s, &["kill", &id], None)), id);
+    assert_eq!(cli(&s, &["info", &id], None).status.code(), Some(3));
+    assert_eq!(cli(&s, &["exec", &id, "--", "true"], None).status.code(), Some(3));
+    let bad_key = Command::new(bin())
+        .args(["ls"])
+        .env("WARREN_URL", &s.url)
+        .env("WARREN_API_KEY", "e2b_nope_nope_nope_nope")
+        .output()
+        .unwrap();
+    assert_eq!(bad_key.status.code(), Some(4));
+    let usage = Command::new(bin()).args(["exec"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    let down = Command::new(bin())
+        .args(["ls"])
+        .env("WARREN_URL", "http://127.0.0.1:1")
+        .env("WARREN_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach warren"));
+}
+
+fn workspace_dirs(data: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data.join("local/workspaces"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill_9_and_restart_lose_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut s = serve(data.path(), port);
+    let a = ok(&cli(&s, &["create"], None));
+    let b = ok(&cli(&s, &["create"], None));
+    ok(&cli(&s, &["exec", &a, "echo kept > ~/state.txt"], None));
+    // kill -9: no chance to clean up.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = serve(data.path(), port);
+    let ls = ok(&cli(&s, &["ls"], None));
+    assert!(ls.contains(&a) && ls.contains(&b), "{ls}");
+    assert_eq!(ok(&cli(&s, &["exec", &a, "cat ~/state.txt"], None)), "kept");
+    assert_eq!(ok(&cli(&s, &["exec", &b, "echo alive"], None)), "alive");
+    // Nothing orphaned: one backend workspace per record.
+    assert_eq!(workspace_dirs(data.path()).len(), 2);
+    ok(&cli(&s, &["kill", &a, &b], None));
+    assert_eq!(workspace_dirs(data.path()).len(), 0);
+    // SIGTERM shuts the server down cleanly.
+    let mut s = s;
+    Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            assert!(st.success(), "{st:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "server ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_configuration_is_refused_clearly() {
+    let data = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (vec!["serve", "--listen", "nonsense"], "expected an address"),
+        (vec!["serve", "--listen", "127.0.0.1:0", "--provider", "kubernetes"], "expected \"local\" or \"process\""),
+        (vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", "relative/dir"], "absolute"),
+    ] {
+        let o = Command::new(bin()).args(&args).env("WARREN_DATA_DIR", data.path()).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let cfg = data.path().join("warren.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nbogus_key = 1\n").unwrap();
+    let o = Command::new(bin()).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bogus_key"), "{}", String::from_utf8_lossy(&o.stderr));
+}
