@@ -4,6 +4,7 @@
 //! authorised. `warren exec` and `warren shell` exit with the remote
 //! command's code (128 + n when it died of signal n).
 
+mod bench;
 mod client;
 mod serve;
 
@@ -59,6 +60,8 @@ enum Cmd {
     Timeout { id: String, seconds: u64 },
     /// List templates.
     Templates,
+    /// Run benchmarks with their peers side by side (root; local provider).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         let c = || client::Client::new(conn.clone());
         match cli.cmd {
             Cmd::Serve(a) => serve::run(a).await.map(|_| 0),
+            Cmd::Bench(a) => bench::run(a).await,
             Cmd::Create(a) => c()?.create(a).await,
             Cmd::Ls => c()?.ls().await,
             Cmd::Info { id } => c()?.info(&id).await,

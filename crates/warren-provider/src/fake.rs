@@ -94,6 +94,25 @@ fn proc_state(pid: i32, start_ticks: u64) -> Option<char> {
     (state != 'Z' && state != 'X' && start == start_ticks).then_some(state)
 }
 
+/// Signals are asynchronous: wait until the agent is (or is no longer) stopped.
+async fn wait_state(m: &Meta, stopped: bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match proc_state(m.pid, m.start_ticks) {
+            None => return Err(ProviderError::InvalidSpec("workspace is not running".into())),
+            Some(s) if (s == 'T' || s == 't') == stopped => return Ok(()),
+            Some(_) if Instant::now() > deadline => {
+                return Err(ProviderError::Internal(format!(
+                    "agent {} did not {}",
+                    m.pid,
+                    if stopped { "stop" } else { "continue" }
+                )))
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
 fn start_ticks(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -193,11 +212,13 @@ impl SandboxProvider for ProcessProvider {
     }
 
     async fn pause(&self, id: &WorkspaceId) -> Result<()> {
-        self.signal_group(id, libc::SIGSTOP).map(|_| ())
+        let m = self.signal_group(id, libc::SIGSTOP)?;
+        wait_state(&m, true).await
     }
 
     async fn resume(&self, id: &WorkspaceId) -> Result<()> {
-        self.signal_group(id, libc::SIGCONT).map(|_| ())
+        let m = self.signal_group(id, libc::SIGCONT)?;
+        wait_state(&m, false).await
     }
 
     async fn stop(&self, id: &WorkspaceId) -> Result<()> {

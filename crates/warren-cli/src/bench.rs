@@ -1,0 +1,465 @@
+//! `warren bench`: measurements with the peers run side by side in the same
+//! run (fork+exec, bwrap, crun, docker), reported as percentiles and ratios.
+//! Results belong in docs/benchmarks.md with the command that made them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use warren_core::{random_token, Size, SystemClock, WorkspaceId};
+use warren_provider::{CreateSpec, NetworkMode, SandboxProvider};
+use warren_provider_local::{LocalConfig, LocalProvider};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// create | exec | list | density | all
+    #[arg(default_value = "all")]
+    pub which: String,
+    /// Iterations per variant.
+    #[arg(long, default_value_t = 200)]
+    pub n: usize,
+    /// Workspaces for the density run.
+    #[arg(long, default_value_t = 1000)]
+    pub density: usize,
+    /// Scratch directory (default: a new one under /var/tmp).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+struct Series {
+    name: String,
+    ms: Vec<f64>,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(title: &str, base: &str, mut rows: Vec<Series>) {
+    println!("\n### {title}\n");
+    println!("| variant | n | min ms | p50 ms | p90 ms | p99 ms | p50 vs {base} |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &mut rows {
+        r.ms.sort_by(|a, b| a.total_cmp(b));
+    }
+    let base_p50 = rows.iter().find(|r| r.name.starts_with(base)).map(|r| pct(&r.ms, 0.5));
+    for r in &rows {
+        if r.ms.is_empty() {
+            println!("| {} | 0 | – | – | – | – | (not run) |", r.name);
+            continue;
+        }
+        let p50 = pct(&r.ms, 0.5);
+        let ratio = base_p50.map(|b| format!("{:.2}x", p50 / b)).unwrap_or_default();
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            r.name,
+            r.ms.len(),
+            r.ms[0],
+            p50,
+            pct(&r.ms, 0.9),
+            pct(&r.ms, 0.99),
+            ratio
+        );
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Times a command `n` times with hyperfine (no shell) and returns the samples in ms.
+fn hyperfine(cmd: &str, n: usize, wrap: Option<&str>) -> Result<Vec<f64>> {
+    let out = tempfile::NamedTempFile::new()?;
+    let hf = format!("hyperfine -N --warmup 3 --runs {n} --export-json {} '{cmd}'", out.path().display());
+    let script = match wrap {
+        Some(w) => format!("{w} && {hf}"),
+        None => hf,
+    };
+    let st = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("hyperfine failed for {cmd}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path())?)?;
+    Ok(v["results"][0]["times"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_f64()).map(|s| s * 1000.0).collect())
+        .unwrap_or_default())
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    Ok(std::env::current_exe()?.parent().context("no exe dir")?.join(name))
+}
+
+fn provider(dir: &Path) -> Result<LocalProvider> {
+    let agent = std::env::var_os("WARREN_AGENT_BIN").map(PathBuf::from).unwrap_or(sibling("warren-agent")?);
+    LocalProvider::new(LocalConfig {
+        state_dir: dir.join("local"),
+        agent,
+        helper: sibling("warren-sandbox")?,
+        seccomp: true,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn spec(size: Size) -> CreateSpec {
+    CreateSpec {
+        id: WorkspaceId::generate(),
+        template: "base".into(),
+        size,
+        network: NetworkMode::None,
+        env: Default::default(),
+        labels: Default::default(),
+        init_token: random_token(16),
+        access_token: Some(random_token(16)),
+    }
+}
+
+/// A bundle whose rootfs is the host's /usr, for crun.
+fn crun_bundle(dir: &Path) -> Result<PathBuf> {
+    let b = dir.join("crun-bundle");
+    let root = b.join("rootfs");
+    std::fs::create_dir_all(&root)?;
+    for d in ["proc", "dev", "sys", "usr", "tmp"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    for (l, t) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")] {
+        let _ = std::os::unix::fs::symlink(t, root.join(l));
+    }
+    let st = Command::new("crun").arg("spec").current_dir(&b).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    if !st.success() && !b.join("config.json").exists() {
+        bail!("crun spec failed");
+    }
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("config.json"))?)?;
+    cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
+    cfg["process"]["terminal"] = serde_json::json!(false);
+    cfg["root"]["readonly"] = serde_json::json!(true);
+    if let Some(m) = cfg["mounts"].as_array_mut() {
+        m.push(
+            serde_json::json!({"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]}),
+        );
+    }
+    std::fs::write(b.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    Ok(b)
+}
+
+/// A tiny image with `true` and `sleep` and their libraries, for docker.
+fn docker_image() -> Result<&'static str> {
+    const IMG: &str = "warren-bench:latest";
+    if Command::new("docker")
+        .args(["image", "inspect", IMG])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success()
+    {
+        return Ok(IMG);
+    }
+    let script = "set -e; t=$(mktemp -d); for f in /usr/bin/true /usr/bin/sleep $(ldd /usr/bin/sleep | grep -o '/[^ ]*'); do mkdir -p $t$(dirname $f); cp -L $f $t$f; done; \
+                  mkdir -p $t/bin $t/lib64; ln -sf /usr/bin/true $t/bin/true; ln -sf /usr/bin/sleep $t/bin/sleep; \
+                  tar -C $t -c . | docker import - warren-bench:latest >/dev/null; rm -rf $t";
+    let st = Command::new("sh").args(["-c", script]).status()?;
+    if !st.success() {
+        bail!("building the docker bench image failed");
+    }
+    Ok(IMG)
+}
+
+fn docker_up() -> bool {
+    have("docker")
+        && Command::new("docker")
+            .arg("info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+async fn bench_create(dir: &Path, n: usize) -> Result<()> {
+    let p = provider(dir)?;
+    let size = Size { millicpus: 1000, memory_mib: 256, disk_mib: 256, pids: 256 };
+    // Warm-up (builds the base template once).
+    for _ in 0..3 {
+        let s = spec(size);
+        p.create(&s).await?;
+        p.destroy(&s.id).await?;
+    }
+    let mut ready = Series { name: "warren local: create → agent healthy".into(), ms: vec![] };
+    let mut first = Series { name: "warren local: create → first command output".into(), ms: vec![] };
+    for _ in 0..n {
+        let s = spec(size);
+        let t = Instant::now();
+        let info = p.create(&s).await?;
+        ready.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let c = warren_proto::client::AgentClient::new(info.endpoint.clone()).with_access_token(s.access_token.clone());
+        let out = c.exec("/bin/echo", &["hi"]).await?;
+        first.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if out.stdout != b"hi\n" {
+            bail!("unexpected output {:?}", out.stdout);
+        }
+        p.destroy(&s.id).await?;
+    }
+    let mut rows = vec![ready, first];
+    let bw = "bwrap --unshare-all --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev /bin/true";
+    rows.push(Series {
+        name: "bwrap --unshare-all … true (spawn+exit)".into(),
+        ms: if have("bwrap") && have("hyperfine") { hyperfine(bw, n, None)? } else { vec![] },
+    });
+    let crun = if have("crun") && have("hyperfine") {
+        let b = crun_bundle(dir)?;
+        let cmd = format!("crun run -b {} warren-bench", b.display());
+        hyperfine(&cmd, n, Some("umount /sys/fs/cgroup/unified 2>/dev/null; true"))?
+    } else {
+        vec![]
+    };
+    rows.push(Series { name: "crun run … true (spawn+exit)".into(), ms: crun });
+    let docker = if docker_up() && have("hyperfine") {
+        let img = docker_image()?;
+        hyperfine(&format!("docker run --rm --network none {img} /bin/true"), n.min(60), None)?
+    } else {
+        vec![]
+    };
+    rows.push(Series { name: "docker run --rm --network none … true".into(), ms: docker });
+    report("Cold create (local provider, native runtime)", "warren local: create → agent healthy", rows);
+    Ok(())
+}
+
+async fn bench_exec(dir: &Path, n: usize) -> Result<()> {
+    let p: Arc<dyn SandboxProvider> = Arc::new(provider(dir)?);
+    let store = Arc::new(warren_store::MemoryStore::new());
+    let key = "e2b_bench0000000000000000000000000000000000";
+    use warren_store::StateStore as _;
+    store
+        .put_api_key(&warren_server::auth::record(key, "default", "bench", true, 0))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let orch = Arc::new(warren_orchestrator::Orchestrator::new(p, store, Arc::new(SystemClock), Default::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(warren_server::serve(
+        listener,
+        warren_server::AppState { orch: orch.clone(), metrics: Default::default() },
+        std::future::pending(),
+    ));
+    let ws = orch
+        .create(warren_orchestrator::CreateRequest {
+            tenant: "default".into(),
+            template: "base".into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, agent) = orch.agent(None, &ws.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/workspaces/{}/exec", ws.id);
+    let body = serde_json::json!({"argv": ["/bin/true"]});
+    for _ in 0..20 {
+        http.post(&url).bearer_auth(key).json(&body).send().await?.bytes().await?;
+        agent.exec("/bin/true", &[]).await?;
+    }
+    let mut floor = Series { name: "fork+exec /bin/true (floor)".into(), ms: vec![] };
+    let mut direct = Series { name: "agent client exec (unix socket)".into(), ms: vec![] };
+    let mut api = Series { name: "warren API exec, HTTP+NDJSON".into(), ms: vec![] };
+    for _ in 0..n {
+        let t = Instant::now();
+        Command::new("/bin/true").status()?;
+        floor.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        agent.exec("/bin/true", &[]).await?;
+        direct.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        let text = http.post(&url).bearer_auth(key).json(&body).send().await?.text().await?;
+        api.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !text.contains("\"exitCode\":0") && !text.contains("\"type\":\"exit\"") {
+            bail!("exec failed: {text}");
+        }
+    }
+    let docker = if docker_up() && have("hyperfine") {
+        let img = docker_image()?;
+        let out =
+            Command::new("docker").args(["run", "-d", "--network", "none", img, "/bin/sleep", "3600"]).output()?;
+        let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let r = hyperfine(&format!("docker exec {cid} /bin/true"), n.min(100), None);
+        let _ = Command::new("docker").args(["rm", "-f", &cid]).stdout(Stdio::null()).status();
+        r?
+    } else {
+        vec![]
+    };
+    let rows = vec![floor, direct, api, Series { name: "docker exec <ctr> true".into(), ms: docker }];
+    report("Exec round trip of `true`", "warren API exec", rows);
+    orch.kill(None, &ws.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+async fn bench_list(dir: &Path, n: usize) -> Result<()> {
+    use warren_store::StateStore as _;
+    let store = Arc::new(warren_store::RedbStore::open(&dir.join("list.redb")).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let key = "e2b_bench0000000000000000000000000000000000";
+    store
+        .put_api_key(&warren_server::auth::record(key, "default", "bench", true, 0))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let have = store.list_workspaces().await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
+    eprintln!("bench list: storing {} workspaces…", 10_000usize.saturating_sub(have));
+    for i in have..10_000 {
+        let mut r = warren_store::conformance::record("default");
+        r.state = warren_core::State::Running;
+        r.metadata.insert("n".into(), i.to_string());
+        let ev = warren_store::NewEvent {
+            at_ms: 0,
+            workspace: r.id.clone(),
+            tenant: r.tenant.clone(),
+            size: r.size,
+            kind: warren_store::EventKind::Created { template: "base".into() },
+        };
+        store.insert_workspace(&r, ev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let p: Arc<dyn SandboxProvider> =
+        Arc::new(warren_provider::fake::ProcessProvider::new(dir.join("none"), "/bin/false"));
+    let orch = Arc::new(warren_orchestrator::Orchestrator::new(p, store, Arc::new(SystemClock), Default::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(warren_server::serve(
+        listener,
+        warren_server::AppState { orch, metrics: Default::default() },
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let mut s = Series { name: "GET /v1/workspaces, 10,000 stored".into(), ms: vec![] };
+    for i in 0..n.min(100) + 5 {
+        let t = Instant::now();
+        let v: Vec<serde_json::Value> =
+            http.get(format!("{base}/v1/workspaces")).bearer_auth(key).send().await?.json().await?;
+        if i >= 5 {
+            s.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        if v.len() != 10_000 {
+            bail!("listed {} workspaces", v.len());
+        }
+    }
+    report("List latency (admin, all tenants, JSON decoded by the client)", "GET", vec![s]);
+    Ok(())
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find(|l| l.starts_with("MemAvailable:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn bench_density(dir: &Path, count: usize) -> Result<()> {
+    let p = provider(dir)?;
+    let size = Size { millicpus: 100, memory_mib: 64, disk_mib: 16, pids: 64 };
+    let warm = spec(size);
+    p.create(&warm).await?;
+    p.destroy(&warm.id).await?;
+    let before = mem_available_kib();
+    let t = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let s = spec(size);
+        if let Err(e) = p.create(&s).await {
+            eprintln!("density: create {i} failed: {e}");
+            break;
+        }
+        ids.push(s.id);
+    }
+    let took = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = mem_available_kib();
+    let mut rss = Vec::new();
+    for id in ids.iter().take(50) {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("local/workspaces").join(id.as_str()).join("meta.json"))?)?;
+        let pid = meta["pid"].as_i64().unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(v) = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        {
+            rss.push(v);
+        }
+    }
+    let mut stats = Vec::new();
+    for id in ids.iter().take(20) {
+        stats.push(p.stats(id).await.map(|s| s.memory_bytes as f64 / 1024.0).unwrap_or(0.0));
+    }
+    let alive = p.list().await?.iter().filter(|s| s.state == warren_provider::RunState::Running).count();
+    println!("\n### Density: {} idle local workspaces\n", ids.len());
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| created | {} in {:.1} s ({:.0}/s) |",
+        ids.len(),
+        took.as_secs_f64(),
+        ids.len() as f64 / took.as_secs_f64()
+    );
+    println!("| running after creation | {alive} |");
+    println!(
+        "| MemAvailable drop per workspace | {:.2} MiB |",
+        (before.saturating_sub(after)) as f64 / 1024.0 / ids.len().max(1) as f64
+    );
+    rss.sort_by(|a, b| a.total_cmp(b));
+    println!("| agent RSS (median of 50) | {:.2} MiB |", pct(&rss, 0.5) / 1024.0);
+    stats.sort_by(|a, b| a.total_cmp(b));
+    println!("| workspace memory cgroup usage (median of 20) | {:.2} MiB |", pct(&stats, 0.5) / 1024.0);
+    let t = Instant::now();
+    for id in &ids {
+        p.destroy(id).await?;
+    }
+    println!("| destroyed all | {:.1} s |", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub async fn run(a: BenchArgs) -> Result<u8> {
+    let dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => {
+            let d = PathBuf::from("/var/tmp").join(format!("warren-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&d)?;
+            d
+        }
+    };
+    println!(
+        "warren bench {} (n={}) on {} CPUs; scratch {}",
+        a.which,
+        a.n,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        dir.display()
+    );
+    let all = a.which == "all";
+    if all || a.which == "create" {
+        bench_create(&dir, a.n).await?;
+    }
+    if all || a.which == "exec" {
+        bench_exec(&dir, a.n).await?;
+    }
+    if all || a.which == "list" {
+        bench_list(&dir, a.n).await?;
+    }
+    if all || a.which == "density" {
+        bench_density(&dir, a.density).await?;
+    }
+    if !["all", "create", "exec", "list", "density"].contains(&a.which.as_str()) {
+        bail!("unknown benchmark {:?}: create, exec, list, density or all", a.which);
+    }
+    if a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(0)
+}
