@@ -131,6 +131,27 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
     }
 }
 
+/// Milliseconds since the epoch, displayed as RFC 3339 UTC with millisecond
+/// precision (`2026-11-28T20:46:32.123Z`), without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(pub u64);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = (self.0 / 1000) as i64;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        let rem = secs.rem_euclid(86_400);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60,
+            self.0 % 1000
+        )
+    }
+}
+
 /// Days since 1970-01-01 to a (year, month, day) civil date (proleptic Gregorian).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -155,6 +176,12 @@ mod tests {
         assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
         assert_eq!(rfc3339(1_796_000_000, 0), "2026-11-30T00:53:20Z");
         assert_eq!(rfc3339(-1, 0), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn millis_display() {
+        assert_eq!(Millis(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Millis(951_782_400_007).to_string(), "2000-02-29T00:00:00.007Z");
     }
 
     #[test]

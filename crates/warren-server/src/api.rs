@@ -13,7 +13,7 @@ use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 use warren_core::{Size, WorkspaceId};
 use warren_orchestrator::CreateRequest;
-use warren_proto::json::rfc3339;
+use warren_proto::json::Millis;
 use warren_store::WorkspaceRecord;
 
 use crate::auth::Caller;
@@ -39,8 +39,39 @@ pub struct WorkspaceView {
 
 /// RFC 3339 with millisecond precision.
 pub fn time(ms: u64) -> String {
-    let whole = rfc3339((ms / 1000) as i64, 0);
-    format!("{}.{:03}Z", whole.trim_end_matches('Z'), ms % 1000)
+    Millis(ms).to_string()
+}
+
+/// Serializes a record as a [`WorkspaceView`] without copying it.
+pub struct ViewRef<'a>(pub &'a WorkspaceRecord);
+
+impl Serialize for ViewRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let r = self.0;
+        let mut st = s.serialize_struct("WorkspaceView", 10)?;
+        st.serialize_field("id", r.id.as_str())?;
+        st.serialize_field("tenant", &r.tenant)?;
+        st.serialize_field("template", &r.template)?;
+        st.serialize_field("state", r.state.as_str())?;
+        st.serialize_field("provider", &r.provider)?;
+        st.serialize_field("size", &r.size)?;
+        st.serialize_field("createdAt", &DisplayStr(Millis(r.created_at_ms)))?;
+        st.serialize_field("expiresAt", &DisplayStr(Millis(r.expires_at_ms)))?;
+        st.serialize_field("metadata", &r.metadata)?;
+        if let Some(e) = &r.error {
+            st.serialize_field("error", e)?;
+        }
+        st.end()
+    }
+}
+
+struct DisplayStr<T>(T);
+
+impl<T: std::fmt::Display> Serialize for DisplayStr<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 impl From<&WorkspaceRecord> for WorkspaceView {
@@ -105,9 +136,53 @@ pub async fn create(State(s): State<AppState>, caller: Caller, body: axum::body:
     Ok((StatusCode::CREATED, Json(WorkspaceView::from(&rec))).into_response())
 }
 
-pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<WorkspaceView>>> {
+/// Default and largest page of `GET /v1/workspaces`.
+pub const PAGE_DEFAULT: usize = 1000;
+pub const PAGE_MAX: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    pub limit: Option<usize>,
+    pub next_token: Option<String>,
+    /// Comma-separated states to keep (e.g. `running,paused`).
+    pub state: Option<String>,
+}
+
+/// Lists workspaces oldest first, a page at a time: when more remain, the
+/// reply carries `X-Next-Token`, to pass back as `nextToken`.
+pub async fn list(State(s): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT);
+    if limit == 0 || limit > PAGE_MAX {
+        return Err(ApiError::bad_request(format!("limit must be between 1 and {PAGE_MAX}")));
+    }
+    let after = match &q.next_token {
+        None => None,
+        Some(t) => {
+            let (ms, id) = t.split_once('.').ok_or_else(|| ApiError::bad_request("invalid nextToken"))?;
+            Some((ms.parse::<u64>().map_err(|_| ApiError::bad_request("invalid nextToken"))?, id.to_string()))
+        }
+    };
+    let states: Option<Vec<&str>> = q.state.as_deref().map(|s| s.split(',').map(str::trim).collect());
     let all = s.orch.list(caller.scope()).await?;
-    Ok(Json(all.iter().map(WorkspaceView::from).collect()))
+    let mut page: Vec<&WorkspaceRecord> = all
+        .iter()
+        .filter(|r| states.as_ref().is_none_or(|st| st.contains(&r.state.as_str())))
+        .filter(|r| after.as_ref().is_none_or(|(ms, id)| (r.created_at_ms, r.id.as_str()) > (*ms, id.as_str())))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let body: Vec<ViewRef<'_>> = page.iter().map(|r| ViewRef(r)).collect();
+    let mut resp = Json(body).into_response();
+    if more {
+        if let Some(last) = page.last() {
+            if let Ok(v) = format!("{}.{}", last.created_at_ms, last.id).parse() {
+                resp.headers_mut().insert("x-next-token", v);
+            }
+        }
+    }
+    Ok(resp)
 }
 
 pub async fn info(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<WorkspaceView>> {

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use warren_core::WorkspaceId;
 
 use crate::{ApiKeyRecord, Event, NewEvent, Result, StateStore, StoreError, Update, WorkspaceRecord};
@@ -15,6 +15,35 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
 
 pub struct RedbStore {
     db: Arc<Database>,
+    cache: Arc<Cache>,
+}
+
+/// Decoded records, kept in step with every committed write (redb locks the
+/// file for this process alone, so nothing else changes it). Each write
+/// takes a version inside its write transaction, so versions follow commit
+/// order; the cache applies a change only over an older version, and
+/// deletions leave a tombstone so a late, older write cannot resurrect.
+#[derive(Default)]
+struct Cache {
+    next: std::sync::atomic::AtomicU64,
+    map: std::sync::RwLock<std::collections::BTreeMap<WorkspaceId, (u64, Option<WorkspaceRecord>)>>,
+}
+
+impl Cache {
+    /// A version for a write; call while holding the write transaction.
+    fn version(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    fn apply(&self, id: &WorkspaceId, version: u64, rec: Option<WorkspaceRecord>) {
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        match m.get(id) {
+            Some((v, _)) if *v > version => {}
+            _ => {
+                m.insert(id.clone(), (version, rec));
+            }
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -43,7 +72,21 @@ impl RedbStore {
             tx.open_table(KEYS).map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
-        Ok(RedbStore { db: Arc::new(db) })
+        let mut cache = std::collections::BTreeMap::new();
+        {
+            let rtx = db.begin_read().map_err(unavailable)?;
+            let t = rtx.open_table(WORKSPACES).map_err(unavailable)?;
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                let rec: WorkspaceRecord = decode(v.value())?;
+                cache.insert(rec.id.clone(), rec);
+            }
+        }
+        let cache = Cache {
+            next: Default::default(),
+            map: std::sync::RwLock::new(cache.into_iter().map(|(k, v)| (k, (0, Some(v)))).collect()),
+        };
+        Ok(RedbStore { db: Arc::new(db), cache: Arc::new(cache) })
     }
 
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T> + Send + 'static) -> Result<T> {
@@ -63,8 +106,10 @@ fn append(events: &mut redb::Table<u64, &[u8]>, e: NewEvent) -> Result<Event> {
 impl StateStore for RedbStore {
     async fn insert_workspace(&self, rec: &WorkspaceRecord, event: NewEvent) -> Result<Event> {
         let rec = rec.clone();
+        let cache = self.cache.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(unavailable)?;
+            let version = cache.version();
             let ev = {
                 let mut ws = tx.open_table(WORKSPACES).map_err(unavailable)?;
                 if ws.get(rec.id.as_str()).map_err(unavailable)?.is_some() {
@@ -75,42 +120,30 @@ impl StateStore for RedbStore {
                 append(&mut events, event)?
             };
             tx.commit().map_err(unavailable)?;
+            cache.apply(&rec.id, version, Some(rec.clone()));
             Ok(ev)
         })
         .await
     }
 
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>> {
-        let id = id.clone();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(unavailable)?;
-            let t = tx.open_table(WORKSPACES).map_err(unavailable)?;
-            let v = t.get(id.as_str()).map_err(unavailable)?;
-            v.map(|g| decode(g.value())).transpose()
-        })
-        .await
+        let m = self.cache.map.read().unwrap_or_else(|p| p.into_inner());
+        Ok(m.get(id).and_then(|(_, r)| r.clone()))
     }
 
     async fn list_workspaces(&self) -> Result<Vec<WorkspaceRecord>> {
-        self.blocking(|db| {
-            let tx = db.begin_read().map_err(unavailable)?;
-            let t = tx.open_table(WORKSPACES).map_err(unavailable)?;
-            let mut out = Vec::with_capacity(t.len().map_err(unavailable)? as usize);
-            for row in t.iter().map_err(unavailable)? {
-                let (_, v) = row.map_err(unavailable)?;
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        let m = self.cache.map.read().unwrap_or_else(|p| p.into_inner());
+        Ok(m.values().filter_map(|(_, r)| r.clone()).collect())
     }
 
     async fn update_workspace(&self, id: &WorkspaceId, f: Update) -> Result<(WorkspaceRecord, Option<Event>)> {
         let id = id.clone();
+        let cache = self.cache.clone();
         // redb has one writer at a time: the read, `f` and the write below
         // are serialised against every other update.
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(unavailable)?;
+            let version = cache.version();
             let out = {
                 let mut ws = tx.open_table(WORKSPACES).map_err(unavailable)?;
                 let cur = ws.get(id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
@@ -131,6 +164,7 @@ impl StateStore for RedbStore {
                 (rec, ev)
             };
             tx.commit().map_err(unavailable)?;
+            cache.apply(&id, version, Some(out.0.clone()));
             Ok(out)
         })
         .await
@@ -138,10 +172,14 @@ impl StateStore for RedbStore {
 
     async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()> {
         let id = id.clone();
+        let cache = self.cache.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(unavailable)?;
+            let version = cache.version();
             tx.open_table(WORKSPACES).map_err(unavailable)?.remove(id.as_str()).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+            tx.commit().map_err(unavailable)?;
+            cache.apply(&id, version, None);
+            Ok(())
         })
         .await
     }
