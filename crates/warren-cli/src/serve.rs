@@ -118,7 +118,16 @@ fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
     let agent = match (&cfg.agent, std::env::var_os("WARREN_AGENT_BIN")) {
         (Some(a), _) => a.clone(),
         (None, Some(a)) => PathBuf::from(a),
-        (None, None) => sibling("warren-agent")?,
+        (None, None) => {
+            // Prefer the static build (scripts/build-agent.sh): smaller, and it
+            // runs inside any image.
+            let exe = std::env::current_exe().context("locating the warren binary")?;
+            let static_agent = exe.parent().and_then(|d| d.parent()).map(|t| t.join("agent-static/warren-agent"));
+            match static_agent.filter(|p| p.is_file()) {
+                Some(p) => p,
+                None => sibling("warren-agent")?,
+            }
+        }
     };
     if !agent.is_file() {
         bail!(
