@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod files;
+pub mod forward;
 pub mod fsops;
 pub mod process;
 pub mod server;

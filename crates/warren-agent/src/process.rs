@@ -633,7 +633,23 @@ async fn relay(
 /// `process.Process/Start`.
 pub async fn start_stream(agent: Arc<Agent>, ctx: RpcCtx, req: StartRequest, tx: StreamTx) {
     match spawn(&agent, &ctx, &req) {
-        Ok((proc, rx)) => relay(proc, rx, tx, ctx.timeout, true, ctx.keepalive).await,
+        Ok((proc, rx)) => {
+            if let Some(limit) = ctx.timeout {
+                // The deadline bounds the process's life (envd semantics), also
+                // when the client has gone away before it.
+                let table = agent.procs.clone();
+                let target = Arc::downgrade(&proc);
+                tokio::spawn(async move {
+                    tokio::time::sleep(limit).await;
+                    if let Some(p) = target.upgrade() {
+                        if table.lock_procs().get(&p.pid).is_some_and(|q| Arc::ptr_eq(q, &p)) {
+                            kill_group(p.pid, nix::sys::signal::Signal::SIGKILL);
+                        }
+                    }
+                });
+            }
+            relay(proc, rx, tx, ctx.timeout, true, ctx.keepalive).await
+        }
         Err(e) => tx.finish(Some(e)).await,
     }
 }

@@ -122,6 +122,9 @@ pub fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ConnectError> {
 
 /// Entry point for every request.
 pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespBody> {
+    if req.headers().contains_key(warren_proto::FORWARD_PORT_HEADER) {
+        return crate::forward::forward(&agent, req).await;
+    }
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/health") | (&Method::HEAD, "/health") => {

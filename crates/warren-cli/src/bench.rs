@@ -250,7 +250,7 @@ async fn bench_exec(dir: &Path, n: usize) -> Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(warren_server::serve(
         listener,
-        warren_server::AppState { orch: orch.clone(), metrics: Default::default() },
+        warren_server::AppState::new(orch.clone(), Default::default()),
         std::future::pending(),
     ));
     let ws = orch
@@ -333,7 +333,7 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(warren_server::serve(
         listener,
-        warren_server::AppState { orch, metrics: Default::default() },
+        warren_server::AppState::new(orch, Default::default()),
         std::future::pending(),
     ));
     let http = reqwest::Client::new();

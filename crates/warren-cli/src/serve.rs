@@ -34,6 +34,9 @@ pub struct Config {
     pub sandbox_helper: Option<PathBuf>,
     /// Install the seccomp filter in local workspaces.
     pub seccomp: bool,
+    /// E2B sandbox domain: returned to SDKs as `domain`, and the suffix of
+    /// `{port}-{id}.{domain}` hosts the gateway routes (env WARREN_E2B_DOMAIN).
+    pub e2b_domain: Option<String>,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             agent: None,
             sandbox_helper: None,
             seccomp: true,
+            e2b_domain: None,
         }
     }
 }
@@ -88,6 +92,9 @@ pub fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(p) = &args.provider {
         cfg.provider = p.clone();
     }
+    if let Ok(d) = std::env::var("WARREN_E2B_DOMAIN") {
+        cfg.e2b_domain = Some(d).filter(|d| !d.is_empty());
+    }
     validate(&cfg)?;
     Ok(cfg)
 }
@@ -120,12 +127,15 @@ fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
         (None, Some(a)) => PathBuf::from(a),
         (None, None) => {
             // Prefer the static build (scripts/build-agent.sh): smaller, and it
-            // runs inside any image.
+            // runs inside any image; but never a static build older than the
+            // agent built beside warren.
             let exe = std::env::current_exe().context("locating the warren binary")?;
+            let plain = sibling("warren-agent")?;
             let static_agent = exe.parent().and_then(|d| d.parent()).map(|t| t.join("agent-static/warren-agent"));
+            let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
             match static_agent.filter(|p| p.is_file()) {
-                Some(p) => p,
-                None => sibling("warren-agent")?,
+                Some(st) if mtime(&plain).is_none() || mtime(&st) >= mtime(&plain) => st,
+                _ => plain,
             }
         }
     };
@@ -217,7 +227,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let reaper = orch.spawn_reaper();
-    let state = AppState { orch: orch.clone(), metrics: Default::default() };
+    let state = AppState::new(orch.clone(), warren_server::e2b::E2bConfig { domain: cfg.e2b_domain.clone() });
     if let Some(key) = created_key {
         println!("admin API key (shown once, also in {}): {key}", cfg.data_dir.join("admin.key").display());
     }

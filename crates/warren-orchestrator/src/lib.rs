@@ -313,6 +313,45 @@ impl Orchestrator {
         Ok(rec)
     }
 
+    /// E2B's connect: resumes a paused workspace, and moves its timeout to
+    /// `t` from now only if that is later (the TTL is only ever extended).
+    pub async fn connect(
+        &self,
+        tenant: Option<&str>,
+        id: &WorkspaceId,
+        t: Duration,
+    ) -> Result<(WorkspaceRecord, bool)> {
+        self.validate_timeout(t)?;
+        let mut rec = self.get(tenant, id).await?;
+        let resumed = rec.state == State::Paused;
+        if resumed {
+            rec = self.resume(tenant, id).await?;
+        }
+        if rec.state != State::Running {
+            return Err(Error::Conflict(format!("workspace {id} is {}", rec.state.as_str())));
+        }
+        let until = self.clock.now_ms() + t.as_millis() as u64;
+        if until > rec.expires_at_ms {
+            let now = self.clock.now_ms();
+            let (r, _) = self
+                .store
+                .update_workspace(
+                    id,
+                    Box::new(move |r| {
+                        if until <= r.expires_at_ms {
+                            return Ok(None);
+                        }
+                        r.expires_at_ms = until;
+                        r.updated_at_ms = now;
+                        Ok(Some(event(r, now, EventKind::Timeout { expires_at_ms: until })))
+                    }),
+                )
+                .await?;
+            rec = r;
+        }
+        Ok((rec, resumed))
+    }
+
     pub async fn pause(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.get(tenant, id).await?;
         match rec.state {

@@ -36,3 +36,7 @@ pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
 /// Header that carries the bootstrap secret on `POST /init`.
 pub const INIT_TOKEN_HEADER: &str = "x-warren-init-token";
+
+/// Header asking the agent to proxy the request to this port inside the
+/// workspace (gateway use; needs the init token).
+pub const FORWARD_PORT_HEADER: &str = "x-warren-forward-port";

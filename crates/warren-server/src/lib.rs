@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod e2b;
 pub mod error;
 pub mod exec;
 pub mod metrics;
@@ -30,6 +31,21 @@ use crate::error::ApiError;
 pub struct AppState {
     pub orch: Arc<Orchestrator>,
     pub metrics: Arc<metrics::Metrics>,
+    pub e2b: Arc<e2b::E2bConfig>,
+    pub idempotency: Arc<e2b::Idempotency>,
+    pub cpu_samples: Arc<e2b::CpuSamples>,
+}
+
+impl AppState {
+    pub fn new(orch: Arc<Orchestrator>, e2b: e2b::E2bConfig) -> Self {
+        AppState {
+            orch,
+            metrics: Default::default(),
+            e2b: Arc::new(e2b),
+            idempotency: Default::default(),
+            cpu_samples: Default::default(),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -55,14 +71,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{id}/pty", get(exec::pty))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .route("/v1/workspaces/{id}/files", get(api::download).put(api::upload).layer(DefaultBodyLimit::disable()));
+    let e2b_api = Router::new()
+        .route("/sandboxes", post(e2b::create).get(e2b::list))
+        .route("/v2/sandboxes", post(e2b::create).get(e2b::list))
+        .route("/sandboxes/{id}", get(e2b::detail).delete(e2b::kill))
+        .route("/sandboxes/{id}/timeout", post(e2b::timeout))
+        .route("/sandboxes/{id}/connect", post(e2b::connect))
+        .route("/v2/sandboxes/{id}/connect", post(e2b::connect))
+        .route("/sandboxes/{id}/pause", post(e2b::pause))
+        .route("/sandboxes/{id}/resume", post(e2b::resume))
+        .route("/sandboxes/{id}/metrics", get(e2b::metrics))
+        .layer(DefaultBodyLimit::max(JSON_LIMIT));
     Router::new()
         .merge(workspaces)
+        .merge(e2b_api)
         .route("/v1/templates", get(api::templates))
         .route("/v1/health", get(api::health))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::scrape))
         .fallback(api::no_route)
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), e2b::gateway))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
         .with_state(state)
 }

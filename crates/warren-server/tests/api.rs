@@ -31,7 +31,7 @@ async fn start() -> Server {
     let orch = Arc::new(Orchestrator::new(provider, store.clone(), Arc::new(SystemClock), Config::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState { orch, metrics: Default::default() };
+    let state = AppState::new(orch, Default::default());
     tokio::spawn(warren_server::serve(listener, state, std::future::pending()));
     Server { _dir: dir, base, admin: ADMIN.into(), store, http: reqwest::Client::new() }
 }
