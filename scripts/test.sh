@@ -17,6 +17,8 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v ps >/dev/null || need+=(procps)
 command -v od >/dev/null || need+=(coreutils)
 command -v ip >/dev/null || need+=(iproute2)
+command -v npm >/dev/null || need+=(nodejs npm)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -36,3 +38,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo nextest run --workspace --no-fail-fast
+
+step "E2B SDKs (Python 2.63.0 and 2.20.0, JavaScript) against warren"
+scripts/test-e2b.sh "${CARGO_TARGET_DIR:-target}/debug/warren"

@@ -89,8 +89,11 @@ def test_timeout_of_a_command_kills_it():
         try:
             sbx.commands.run("sleep 30", timeout=1)
             raise AssertionError("must time out")
-        except e2b.TimeoutException:
-            pass
+        except Exception as e:
+            # The server ends the stream with deadline_exceeded at the deadline
+            # (TimeoutException); old SDKs may hit their own read timeout first.
+            if "Timeout" not in type(e).__name__:
+                raise
         assert time.time() - t < 10
         # The deadline killed the process itself (envd semantics), not just the stream.
         deadline = time.time() + 5
