@@ -28,6 +28,10 @@ pub struct Config {
     pub default_timeout: u64,
     /// Longest timeout a client may ask for, seconds.
     pub max_timeout: u64,
+    /// Pause (or kill, where the backend cannot pause) a running workspace
+    /// after this many seconds without activity: no exec, file or gateway
+    /// traffic and no process running. 0 turns idle detection off.
+    pub idle_timeout: u64,
     /// The agent binary injected into workspaces (default: next to `warren`).
     pub agent: Option<PathBuf>,
     /// The `warren-sandbox` helper (default: next to `warren`).
@@ -47,6 +51,7 @@ impl Default for Config {
             provider: "local".into(),
             default_timeout: 300,
             max_timeout: 86_400,
+            idle_timeout: 0,
             agent: None,
             sandbox_helper: None,
             seccomp: true,
@@ -212,6 +217,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         OrchConfig {
             default_timeout: Duration::from_secs(cfg.default_timeout),
             max_timeout: Duration::from_secs(cfg.max_timeout),
+            idle_timeout: (cfg.idle_timeout > 0).then(|| Duration::from_secs(cfg.idle_timeout)),
             ..OrchConfig::default()
         },
     ));

@@ -25,6 +25,10 @@ pub struct Config {
     pub default_size: Size,
     /// How often the reaper looks for expired workspaces.
     pub reap_interval: Duration,
+    /// A running workspace with no activity for this long (no exec, file or
+    /// gateway traffic, and no process running in it) is paused, or killed
+    /// where the backend cannot pause. `None`: only the timeout applies.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -34,6 +38,7 @@ impl Default for Config {
             max_timeout: Duration::from_secs(24 * 3600),
             default_size: Size::default(),
             reap_interval: Duration::from_secs(1),
+            idle_timeout: None,
         }
     }
 }
@@ -112,6 +117,9 @@ pub struct Orchestrator {
     clock: Arc<dyn Clock>,
     cfg: Config,
     clients: Mutex<HashMap<WorkspaceId, AgentClient>>,
+    /// Last activity per workspace (ms), kept in memory: it changes on every
+    /// request and only steers idle detection.
+    activity: Mutex<HashMap<WorkspaceId, u64>>,
 }
 
 fn event(rec: &WorkspaceRecord, at_ms: u64, kind: EventKind) -> NewEvent {
@@ -125,7 +133,7 @@ impl Orchestrator {
         clock: Arc<dyn Clock>,
         cfg: Config,
     ) -> Self {
-        Orchestrator { provider, store, clock, cfg, clients: Mutex::default() }
+        Orchestrator { provider, store, clock, cfg, clients: Mutex::default(), activity: Mutex::default() }
     }
 
     pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
@@ -388,6 +396,7 @@ impl Orchestrator {
         if rec.state != State::Running {
             return Err(Error::Conflict(format!("workspace {id} is {}, not running", rec.state.as_str())));
         }
+        self.touch(id);
         let ep =
             rec.endpoint.clone().ok_or_else(|| Error::Internal(format!("workspace {id} has no agent endpoint")))?;
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -401,6 +410,50 @@ impl Orchestrator {
             }
         };
         Ok((rec, client))
+    }
+
+    /// Records activity on a workspace (every agent client handed out counts).
+    pub fn touch(&self, id: &WorkspaceId) {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), self.clock.now_ms());
+    }
+
+    fn last_activity(&self, rec: &WorkspaceRecord) -> u64 {
+        let seen = self.activity.lock().unwrap_or_else(|p| p.into_inner()).get(&rec.id).copied().unwrap_or(0);
+        seen.max(rec.last_activity_ms)
+    }
+
+    /// Pauses (or kills) running workspaces idle for longer than the idle
+    /// timeout. A workspace with any process running is never idle.
+    pub async fn idle_once(&self) -> Result<usize> {
+        let Some(limit) = self.cfg.idle_timeout else { return Ok(0) };
+        let now = self.clock.now_ms();
+        let mut n = 0;
+        for rec in self.store.list_workspaces().await? {
+            if rec.state != State::Running || self.last_activity(&rec) + limit.as_millis() as u64 > now {
+                continue;
+            }
+            let Some(ep) = rec.endpoint.as_ref().and_then(|e| e.parse().ok()) else { continue };
+            let agent = AgentClient::new(ep).with_access_token(Some(rec.access_token.clone()));
+            match agent.list().await {
+                Ok(procs) if procs.is_empty() => {}
+                Ok(_) => {
+                    // Busy: running processes are activity.
+                    self.touch(&rec.id);
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            let done = if self.provider.capabilities().pause {
+                self.pause(None, &rec.id).await.map(|_| ())
+            } else {
+                self.kill(None, &rec.id).await
+            };
+            match done {
+                Ok(()) => n += 1,
+                Err(e) => eprintln!("warren: idle workspace {}: {e}", rec.id),
+            }
+        }
+        Ok(n)
     }
 
     /// Ends every workspace whose timeout has passed. Returns how many.
@@ -431,6 +484,9 @@ impl Orchestrator {
                 tokio::time::sleep(me.cfg.reap_interval).await;
                 if let Err(e) = me.reap_once().await {
                     eprintln!("warren: reaper: {e}");
+                }
+                if let Err(e) = me.idle_once().await {
+                    eprintln!("warren: idle check: {e}");
                 }
             }
         })

@@ -170,3 +170,51 @@ async fn reconcile_adopts_fails_and_removes_orphans() {
     assert_eq!(again, warren_orchestrator::ReconcileReport { adopted: 1, ..Default::default() });
     orch2.kill(None, &a.id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workspaces_are_paused_but_busy_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let cfg = Config { idle_timeout: Some(Duration::from_secs(60)), ..Config::default() };
+    let orch = Orchestrator::new(provider(&root), Arc::new(MemoryStore::new()), clock.clone(), cfg);
+    let idle = orch.create(req("a")).await.unwrap();
+    let busy = orch.create(req("a")).await.unwrap();
+    let used = orch.create(req("a")).await.unwrap();
+    // A process runs in `busy`.
+    let (_, agent) = orch.agent(None, &busy.id).await.unwrap();
+    let mut bg = agent
+        .start(
+            &warren_proto::process::StartRequest {
+                process: Some(warren_proto::process::ProcessConfig {
+                    cmd: "sleep".into(),
+                    args: vec!["30".into()],
+                    ..Default::default()
+                }),
+                stdin: Some(false),
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    bg.pid().await.unwrap();
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(orch.idle_once().await.unwrap(), 0);
+    // Traffic on `used` just before the limit counts as activity.
+    orch.agent(None, &used.id).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let paused = orch.idle_once().await.unwrap();
+    let states: Vec<_> = [&idle, &busy, &used].iter().map(|w| w.id.clone()).collect();
+    let mut got = Vec::new();
+    for id in &states {
+        got.push(orch.get(None, id).await.unwrap().state);
+    }
+    assert_eq!(paused, 1, "{got:?}");
+    assert_eq!(orch.get(None, &idle.id).await.unwrap().state, State::Paused);
+    assert_eq!(orch.get(None, &busy.id).await.unwrap().state, State::Running);
+    assert_eq!(orch.get(None, &used.id).await.unwrap().state, State::Running);
+    for w in [&idle, &busy, &used] {
+        orch.kill(None, &w.id).await.unwrap();
+    }
+}
