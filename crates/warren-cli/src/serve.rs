@@ -41,6 +41,10 @@ pub struct Config {
     /// E2B sandbox domain: returned to SDKs as `domain`, and the suffix of
     /// `{port}-{id}.{domain}` hosts the gateway routes (env WARREN_E2B_DOMAIN).
     pub e2b_domain: Option<String>,
+    /// PEM certificate chain and private key: serve HTTPS (h2 and HTTP/1.1)
+    /// instead of HTTP (env WARREN_TLS_CERT, WARREN_TLS_KEY).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -56,6 +60,8 @@ impl Default for Config {
             sandbox_helper: None,
             seccomp: true,
             e2b_domain: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -97,6 +103,12 @@ pub fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(p) = &args.provider {
         cfg.provider = p.clone();
     }
+    if let Some(c) = std::env::var_os("WARREN_TLS_CERT") {
+        cfg.tls_cert = Some(PathBuf::from(c));
+    }
+    if let Some(k) = std::env::var_os("WARREN_TLS_KEY") {
+        cfg.tls_key = Some(PathBuf::from(k));
+    }
     if let Ok(d) = std::env::var("WARREN_E2B_DOMAIN") {
         cfg.e2b_domain = Some(d).filter(|d| !d.is_empty());
     }
@@ -113,6 +125,9 @@ fn validate(cfg: &Config) -> Result<()> {
     }
     if cfg.default_timeout == 0 || cfg.default_timeout > cfg.max_timeout {
         bail!("default_timeout = {}: must be between 1 and max_timeout ({})", cfg.default_timeout, cfg.max_timeout);
+    }
+    if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+        bail!("tls_cert and tls_key go together: give both or neither");
     }
     if !cfg.data_dir.is_absolute() {
         bail!("data_dir = {}: must be an absolute path", cfg.data_dir.display());
@@ -229,6 +244,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         );
     }
     let created_key = admin_key(store.as_ref(), &args, &cfg.data_dir).await?;
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Some(warren_server::tls::config(c, k).map_err(|e| anyhow::anyhow!(e))?),
+        _ => None,
+    };
     let listener =
         tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -237,7 +256,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     if let Some(key) = created_key {
         println!("admin API key (shown once, also in {}): {key}", cfg.data_dir.join("admin.key").display());
     }
-    println!("warren ready on http://{addr}");
+    println!("warren ready on {}://{addr}", if tls.is_some() { "https" } else { "http" });
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     let shutdown = async {
@@ -248,7 +267,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
         eprintln!("warren: shutting down (workspaces keep running and are adopted at the next start)");
     };
-    warren_server::serve(listener, state, shutdown).await?;
+    match tls {
+        Some(t) => warren_server::tls::serve(listener, state, t, shutdown).await?,
+        None => warren_server::serve(listener, state, shutdown).await?,
+    }
     reaper.abort();
     Ok(())
 }

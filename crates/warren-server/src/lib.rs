@@ -13,6 +13,7 @@ pub mod error;
 pub mod exec;
 pub mod metrics;
 pub mod openapi;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
