@@ -318,10 +318,9 @@ fn stream_response(body: RespBody) -> Response<RespBody> {
 fn single_envelope(body: &[u8], limit: usize) -> Result<Bytes, ConnectError> {
     let mut d = Decoder::new(limit);
     d.push(body);
-    let first = d
-        .next_envelope()
-        .map_err(|e| ConnectError::new(frame_code(&e), e.to_string()))?
-        .ok_or_else(|| ConnectError::invalid("request stream holds no complete message"))?;
+    let first = d.next_envelope().map_err(|e| ConnectError::new(frame_code(&e), e.to_string()))?.ok_or_else(|| {
+        ConnectError::invalid(format!("request stream holds no complete message ({} bytes)", body.len()))
+    })?;
     if first.is_end_stream() {
         return Err(ConnectError::invalid("request stream starts with an end-of-stream frame"));
     }

@@ -412,6 +412,9 @@ async fn by_access_token(s: &AppState, path: &str, token: &str) -> Option<String
     all.iter().find(|r| sha2::Sha256::digest(r.access_token.as_bytes()) == want).map(|r| r.id.to_string())
 }
 
+/// Largest single RPC message the gateway takes (the agent's own limit is 16 MiB).
+const RPC_BODY_LIMIT: usize = (16 << 20) + 5;
+
 const HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"];
 
@@ -465,7 +468,30 @@ pub async fn gateway(State(s): State<AppState>, req: Request, next: Next) -> Res
         parts.headers.remove(warren_proto::INIT_TOKEN_HEADER);
     }
     parts.version = axum::http::Version::HTTP_2;
-    let body = body.map_err(std::io::Error::other).boxed_unsync();
+    // RPCs other than StreamInput carry one bounded message: receive it whole
+    // and forward it with its length. (Relaying a chunked HTTP/1.1 body into
+    // the agent's HTTP/2 stream as it arrives lost the message under load;
+    // uploads and StreamInput still stream.)
+    let path = parts.uri.path();
+    let one_message = port == ENVD_PORT
+        && (path.starts_with("/process.Process/") || path.starts_with("/filesystem.Filesystem/"))
+        && path != "/process.Process/StreamInput";
+    let body = if one_message {
+        match axum::body::to_bytes(body, RPC_BODY_LIMIT).await {
+            Ok(b) => {
+                if let Ok(v) = HeaderValue::from_str(&b.len().to_string()) {
+                    parts.headers.insert(axum::http::header::CONTENT_LENGTH, v);
+                }
+                http_body_util::Full::new(b).map_err(|never| match never {}).boxed_unsync()
+            }
+            Err(e) => {
+                let body = json!({"code": "resource_exhausted", "message": format!("request body: {e}")});
+                return (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response();
+            }
+        }
+    } else {
+        body.map_err(std::io::Error::other).boxed_unsync()
+    };
     let out = axum::http::Request::from_parts(parts, body);
     match agent.request(out).await {
         Ok(resp) => resp.map(Body::new),
