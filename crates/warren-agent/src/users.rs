@@ -34,7 +34,17 @@ fn parse_passwd_line(line: &str) -> Option<User> {
 
 /// Looks a user up by name.
 pub fn by_name(name: &str) -> Option<User> {
-    read("/etc/passwd").lines().filter_map(parse_passwd_line).find(|u| u.name == name)
+    let found = read("/etc/passwd").lines().filter_map(parse_passwd_line).find(|u| u.name == name);
+    // Minimal images may have no /etc/passwd at all; root always exists.
+    found.or_else(|| {
+        (name == "root").then(|| User {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            home: PathBuf::from("/root"),
+            shell: "/bin/sh".into(),
+        })
+    })
 }
 
 /// The supplementary groups `name` belongs to, plus its primary group.

@@ -8,6 +8,7 @@
 //! with it: a crash of the server leaves no mount behind.
 
 pub mod cgroup;
+pub mod oci;
 pub mod sandbox;
 pub mod security;
 pub mod template;
@@ -144,11 +145,52 @@ impl LocalProvider {
         }
     }
 
+    fn templates_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("templates")
+    }
+
+    /// Lower layers (top first), host binds, user, workdir and image env of a template.
+    async fn resolve(&self, template: &str) -> Result<Resolved> {
+        if template == "base" {
+            let base = self.base().await?;
+            return Ok(Resolved {
+                layers: vec![base.rootfs.clone()],
+                host_binds: base.host_binds.clone(),
+                user: "user".into(),
+                workdir: "/home/user".into(),
+                env: vec![],
+            });
+        }
+        let t = oci::load(&self.templates_dir(), template)
+            .map_err(|_| ProviderError::InvalidSpec(format!("unknown template '{template}'")))?;
+        if !is_static_elf(&self.cfg.agent) {
+            return Err(ProviderError::InvalidSpec(format!(
+                "template '{template}' is an OCI image and needs a static agent ({} is dynamically linked; build one with scripts/build-agent.sh)",
+                self.cfg.agent.display()
+            )));
+        }
+        let layers_dir = self.templates_dir().join("layers");
+        Ok(Resolved {
+            layers: t.layers.iter().rev().map(|d| layers_dir.join(d)).collect(),
+            host_binds: vec![],
+            user: t
+                .user
+                .as_deref()
+                .and_then(|u| u.split(':').next())
+                .filter(|u| !u.is_empty() && !u.bytes().all(|b| b.is_ascii_digit()))
+                .unwrap_or("root")
+                .to_string(),
+            workdir: t.workdir.unwrap_or_else(|| "/".into()),
+            env: t.env,
+        })
+    }
+
     async fn launch(&self, spec: &CreateSpec, dir: &Path) -> Result<(i32, u64)> {
-        let base = self.base().await?.clone();
+        let tpl = self.resolve(&spec.template).await?;
         let procs = self.cgroups.create(spec.id.as_str(), &spec.size).map_err(internal("creating cgroups"))?;
-        let mut agent_args = vec!["--user".to_string(), "user".to_string(), "--workdir".into(), "/home/user".into()];
-        for (k, v) in &spec.env {
+        let mut agent_args = vec!["--user".to_string(), tpl.user.clone(), "--workdir".into(), tpl.workdir.clone()];
+        let image_env = tpl.env.iter().filter(|(k, _)| !spec.env.contains_key(k)).map(|(k, v)| (k, v));
+        for (k, v) in image_env.chain(spec.env.iter()) {
             agent_args.push("--env".into());
             agent_args.push(format!("{k}={v}"));
         }
@@ -160,8 +202,8 @@ impl LocalProvider {
         let cfg = SandboxConfig {
             id: spec.id.to_string(),
             dir: dir.to_path_buf(),
-            layers: vec![base.rootfs.clone()],
-            host_binds: base.host_binds.clone(),
+            layers: tpl.layers,
+            host_binds: tpl.host_binds,
             disk_bytes: disk,
             tmp_bytes: disk.min(512 << 20),
             agent: self.cfg.agent.clone(),
@@ -201,6 +243,30 @@ impl LocalProvider {
         let reason = line.strip_prefix("error ").unwrap_or(line);
         Err(classify_launch_error(reason))
     }
+}
+
+struct Resolved {
+    layers: Vec<PathBuf>,
+    host_binds: Vec<PathBuf>,
+    user: String,
+    workdir: String,
+    env: Vec<(String, String)>,
+}
+
+/// True for an ELF file without a program interpreter (statically linked).
+fn is_static_elf(path: &Path) -> bool {
+    let Ok(b) = std::fs::read(path) else { return false };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap_or([0; 8])) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        // PT_INTERP = 3
+        b.get(o..o + 4).map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3).unwrap_or(false)
+    })
 }
 
 fn classify_launch_error(reason: &str) -> ProviderError {
@@ -268,14 +334,43 @@ impl SandboxProvider for LocalProvider {
     }
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        Ok(vec![TemplateInfo {
+        let mut out = vec![TemplateInfo {
             name: "base".into(),
             description: "the host's own system directories, read-only; user `user` (uid 1000) and root".into(),
-        }])
+        }];
+        for t in oci::list(&self.templates_dir()) {
+            out.push(TemplateInfo {
+                description: format!(
+                    "OCI image {} ({} layers)",
+                    if t.source.is_empty() { "(untagged)" } else { &t.source },
+                    t.layers.len()
+                ),
+                name: t.name,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn import_template(&self, name: &str, archive: &Path) -> Result<TemplateInfo> {
+        oci::valid_name(name).map_err(ProviderError::InvalidSpec)?;
+        let root = self.templates_dir();
+        let (name, archive) = (name.to_string(), archive.to_path_buf());
+        let t = tokio::task::spawn_blocking(move || {
+            oci::import(&root, &name, &archive, &mut |m| eprintln!("warren: import {name}: {m}"))
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(format!("import task: {e}")))?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                ProviderError::InvalidSpec(e.to_string())
+            }
+            _ => ProviderError::Internal(format!("importing: {e}")),
+        })?;
+        Ok(TemplateInfo { description: format!("OCI image ({} layers)", t.layers.len()), name: t.name })
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<SandboxInfo> {
-        if spec.template != "base" {
+        if spec.template != "base" && oci::load(&self.templates_dir(), &spec.template).is_err() {
             return Err(ProviderError::InvalidSpec(format!("unknown template '{}'", spec.template)));
         }
         spec.size.validate().map_err(|e| ProviderError::InvalidSpec(e.to_string()))?;

@@ -179,4 +179,10 @@ pub trait SandboxProvider: Send + Sync + 'static {
     async fn stop(&self, id: &WorkspaceId) -> Result<()>;
     async fn destroy(&self, id: &WorkspaceId) -> Result<()>;
     async fn stats(&self, id: &WorkspaceId) -> Result<Stats>;
+    /// Imports an OCI image archive (`docker save` or an OCI layout in a tar)
+    /// as template `name`. Backends without image import refuse.
+    async fn import_template(&self, name: &str, archive: &std::path::Path) -> Result<TemplateInfo> {
+        let _ = archive;
+        Err(ProviderError::Unsupported(format!("the {} backend cannot import template '{name}'", self.name())))
+    }
 }
