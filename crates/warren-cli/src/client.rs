@@ -82,6 +82,13 @@ pub struct ExecArgs {
     pub stdin: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum TemplateCmd {
+    /// Import an OCI image archive (`docker save IMAGE -o image.tar`, or an
+    /// OCI layout in a tar) as template NAME.
+    Import { name: String, archive: PathBuf },
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ShellArgs {
     pub id: String,
@@ -253,6 +260,46 @@ impl Client {
                 .map(|t| vec![t["name"].as_str().unwrap_or("").into(), t["description"].as_str().unwrap_or("").into()])
                 .collect();
             table(&["NAME", "DESCRIPTION"], &rows);
+        }
+        Ok(0)
+    }
+
+    pub async fn import(&self, name: &str, archive: &std::path::Path) -> Result<u8> {
+        let f = tokio::fs::File::open(archive).await.with_context(|| format!("opening {}", archive.display()))?;
+        let total = f.metadata().await?.len();
+        use std::io::IsTerminal as _;
+        let tty = std::io::stderr().is_terminal();
+        let mut sent = 0u64;
+        let mut shown = u64::MAX;
+        let stream = tokio_util_stream(f).map(move |chunk| {
+            if let Ok(c) = &chunk {
+                sent += c.len() as u64;
+                let pct = sent * 100 / total.max(1);
+                // On a terminal, one updating line; elsewhere every 25%.
+                if pct != shown && (tty || pct % 25 == 0) {
+                    shown = pct;
+                    let line = format!(
+                        "warren: uploading {:.1} / {:.1} MiB ({pct}%)",
+                        sent as f64 / 1048576.0,
+                        total as f64 / 1048576.0
+                    );
+                    if tty {
+                        eprint!("\r{line}");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+            chunk
+        });
+        let req = self.http.post(self.url(&format!("/v1/templates/{name}"))).body(reqwest::Body::wrap_stream(stream));
+        eprintln!("warren: importing {name} (the server unpacks the layers)");
+        let resp = self.send(req).await;
+        let t: Value = resp?.json().await?;
+        if self.conn.json {
+            Self::print_json(&t)?;
+        } else {
+            println!("{}  {}", t["name"].as_str().unwrap_or(name), t["description"].as_str().unwrap_or(""));
         }
         Ok(0)
     }

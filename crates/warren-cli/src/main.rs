@@ -58,8 +58,11 @@ enum Cmd {
     },
     /// Set a workspace's timeout, in seconds from now.
     Timeout { id: String, seconds: u64 },
-    /// List templates.
-    Templates,
+    /// List templates, or import one: `warren templates import NAME IMAGE.tar`.
+    Templates {
+        #[command(subcommand)]
+        action: Option<client::TemplateCmd>,
+    },
     /// Run benchmarks with their peers side by side (root; local provider).
     Bench(bench::BenchArgs),
 }
@@ -87,7 +90,10 @@ fn main() -> ExitCode {
             Cmd::Cp { src, dst } => c()?.cp(&src, &dst).await,
             Cmd::Kill { ids } => c()?.kill(&ids).await,
             Cmd::Timeout { id, seconds } => c()?.timeout(&id, seconds).await,
-            Cmd::Templates => c()?.templates().await,
+            Cmd::Templates { action: None } => c()?.templates().await,
+            Cmd::Templates { action: Some(client::TemplateCmd::Import { name, archive }) } => {
+                c()?.import(&name, &archive).await
+            }
         }
     });
     match result {

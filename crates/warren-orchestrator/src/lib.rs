@@ -156,6 +156,11 @@ impl Orchestrator {
         Ok(self.provider.templates().await?)
     }
 
+    /// Imports an OCI image archive as a template on the backend.
+    pub async fn import_template(&self, name: &str, archive: &std::path::Path) -> Result<TemplateInfo> {
+        Ok(self.provider.import_template(name, archive).await?)
+    }
+
     /// Moves a workspace to `to`, logging the event; refuses illegal moves.
     async fn transition(
         &self,

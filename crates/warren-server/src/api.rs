@@ -299,6 +299,39 @@ pub async fn upload(
     Ok((StatusCode::OK, Json(Uploaded { path })).into_response())
 }
 
+/// `POST /v1/templates/{name}`: the body is an OCI image archive (`docker
+/// save`, or an OCI layout as a tar), streamed to disk, then imported. Admin only.
+pub async fn import_template(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    if !caller.admin {
+        return Err(ApiError::forbidden("importing templates needs an admin key"));
+    }
+    let dir = std::path::Path::new("/var/tmp");
+    let _ = tokio::fs::create_dir_all(dir).await;
+    let path = dir.join(format!("warren-import-{}.tar", warren_core::random_token(8)));
+    let result = async {
+        use futures_util::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let mut f = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ApiError::internal(format!("staging the archive: {e}")))?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+            f.write_all(&chunk).await.map_err(|e| ApiError::internal(format!("staging the archive: {e}")))?;
+        }
+        f.flush().await.map_err(|e| ApiError::internal(format!("staging the archive: {e}")))?;
+        Ok::<_, ApiError>(s.orch.import_template(&name, &path).await?)
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    Ok((StatusCode::CREATED, Json(result?)).into_response())
+}
+
 pub async fn templates(
     State(s): State<AppState>,
     _caller: Caller,

@@ -19,6 +19,12 @@ pub const ROUTES: &[(&str, &str, &str, u16)] = &[
     ("get", "/v1/workspaces/{id}/files", "Download a file (streamed)", 200),
     ("put", "/v1/workspaces/{id}/files", "Upload a file (streamed)", 200),
     ("get", "/v1/templates", "List templates", 200),
+    (
+        "post",
+        "/v1/templates/{name}",
+        "Import an OCI image archive (docker save / OCI layout tar) as a template; admin",
+        201,
+    ),
     ("get", "/v1/health", "Health (no auth)", 200),
     ("get", "/v1/openapi.json", "This document (no auth)", 200),
     ("get", "/metrics", "Prometheus metrics (no auth)", 200),
@@ -40,6 +46,9 @@ pub fn build() -> Value {
                 "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         });
+        if path.contains("{name}") {
+            op["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}}]);
+        }
         if path.contains("{id}") {
             op["parameters"] = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9]{1,63}$"}}]);
         }

@@ -129,6 +129,14 @@ async fn every_documented_route_is_served() {
             assert_ne!(code, 404, "pty route exists");
             continue;
         }
+        if *path == "/v1/templates/{name}" {
+            // The route exists; the fake backend cannot import images.
+            let (code, v) =
+                error_of(s.req(reqwest::Method::POST, "/v1/templates/tiny", &s.admin).body("x").send().await.unwrap())
+                    .await;
+            assert_eq!(code, 501, "{v}");
+            continue;
+        }
         if *path == "/v1/workspaces/{id}/resume" {
             s.req(reqwest::Method::POST, &format!("/v1/workspaces/{id}/pause"), &s.admin).send().await.unwrap();
         }
