@@ -276,7 +276,7 @@ impl Client {
                 sent += c.len() as u64;
                 let pct = sent * 100 / total.max(1);
                 // On a terminal, one updating line; elsewhere every 25%.
-                if pct != shown && (tty || pct % 25 == 0) {
+                if pct != shown && (tty || pct.is_multiple_of(25)) {
                     shown = pct;
                     let line = format!(
                         "warren: uploading {:.1} / {:.1} MiB ({pct}%)",
