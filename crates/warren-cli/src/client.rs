@@ -59,6 +59,9 @@ pub struct CreateArgs {
     /// Metadata KEY=VALUE (repeatable).
     #[arg(long = "meta")]
     pub meta: Vec<String>,
+    /// Network: none (loopback only, the default) or bridge (own address, NAT egress).
+    #[arg(long)]
+    pub network: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,6 +166,9 @@ impl Client {
         let mut body = json!({"template": a.template, "env": kv(&a.env, "--env")?, "metadata": kv(&a.meta, "--meta")?});
         if let Some(t) = a.timeout {
             body["timeout"] = json!(t);
+        }
+        if let Some(n) = &a.network {
+            body["network"] = json!(n);
         }
         if a.cpus.is_some() || a.memory.is_some() || a.disk.is_some() {
             let d = warren_core::Size::default();

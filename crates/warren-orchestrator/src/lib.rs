@@ -100,6 +100,8 @@ pub struct CreateRequest {
     pub timeout: Option<Duration>,
     pub env: BTreeMap<String, String>,
     pub metadata: BTreeMap<String, String>,
+    /// None: the backend's default (loopback only where it can).
+    pub network: Option<NetworkMode>,
 }
 
 /// What reconcile found and did.
@@ -202,6 +204,14 @@ impl Orchestrator {
         size.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let timeout = req.timeout.unwrap_or(self.cfg.default_timeout);
         self.validate_timeout(timeout)?;
+        if let Some(m) = req.network {
+            if !self.provider.capabilities().network_modes.contains(&m) {
+                return Err(Error::InvalidArgument(format!(
+                    "the {} backend does not offer network mode {m:?}",
+                    self.provider.name()
+                )));
+            }
+        }
         let templates = self.provider.templates().await?;
         if !templates.iter().any(|t| t.name == req.template) {
             return Err(Error::NotFound(format!("template '{}' not found", req.template)));
@@ -238,11 +248,13 @@ impl Orchestrator {
             init_token: rec.init_token.clone(),
             access_token: Some(rec.access_token.clone()),
         };
-        let spec = match self.provider.capabilities().network_modes.first() {
-            Some(m) if !self.provider.capabilities().network_modes.contains(&spec.network) => {
-                CreateSpec { network: *m, ..spec }
+        let modes = self.provider.capabilities().network_modes;
+        let spec = match req.network {
+            Some(m) => CreateSpec { network: m, ..spec },
+            None if !modes.contains(&spec.network) => {
+                CreateSpec { network: modes.first().copied().unwrap_or_default(), ..spec }
             }
-            _ => spec,
+            None => spec,
         };
         match self.provider.create(&spec).await {
             Ok(info) => {

@@ -8,6 +8,7 @@
 //! with it: a crash of the server leaves no mount behind.
 
 pub mod cgroup;
+pub mod network;
 pub mod oci;
 pub mod sandbox;
 pub mod security;
@@ -55,12 +56,19 @@ struct Meta {
     /// Host pid of the workspace's init (the agent).
     pid: i32,
     start_ticks: u64,
+    /// The /30 link of a `bridge` workspace.
+    #[serde(default)]
+    link: Option<u32>,
 }
 
 pub struct LocalProvider {
     cfg: LocalConfig,
     cgroups: Cgroups,
     base: tokio::sync::OnceCell<template::Template>,
+    /// Firewall rules installed (once, on the first bridge workspace).
+    rules: tokio::sync::OnceCell<()>,
+    /// Held from choosing a link until its meta.json is written.
+    links: tokio::sync::Mutex<()>,
 }
 
 fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ProviderError + '_ {
@@ -82,7 +90,13 @@ impl LocalProvider {
         }
         let cgroups = Cgroups::detect().map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         std::fs::create_dir_all(cfg.state_dir.join("workspaces")).map_err(internal("state dir"))?;
-        Ok(LocalProvider { cfg, cgroups, base: tokio::sync::OnceCell::new() })
+        Ok(LocalProvider {
+            cfg,
+            cgroups,
+            base: tokio::sync::OnceCell::new(),
+            rules: tokio::sync::OnceCell::new(),
+            links: tokio::sync::Mutex::new(()),
+        })
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -103,6 +117,13 @@ impl LocalProvider {
                     .map_err(internal("building the base template"))
             })
             .await
+    }
+
+    fn all_meta(&self) -> Vec<Meta> {
+        let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("workspaces")) else { return vec![] };
+        rd.flatten()
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).ok()?).ok())
+            .collect()
     }
 
     fn read_meta(&self, id: &WorkspaceId) -> Result<Meta> {
@@ -137,6 +158,7 @@ impl LocalProvider {
         if let Some((pid, ticks)) = pid {
             kill_and_wait(pid, ticks)?;
         }
+        network::detach(id.as_str());
         self.cgroups.destroy(id.as_str()).map_err(internal("removing cgroups"))?;
         match std::fs::remove_dir_all(self.dir(id)) {
             Ok(()) => Ok(()),
@@ -327,7 +349,7 @@ impl SandboxProvider for LocalProvider {
         Capabilities {
             isolation: IsolationTier::Namespaces,
             pause: true,
-            network_modes: vec![NetworkMode::None],
+            network_modes: vec![NetworkMode::None, NetworkMode::Bridge],
             isolated_filesystem: true,
             survives_server_restart: true,
         }
@@ -374,9 +396,21 @@ impl SandboxProvider for LocalProvider {
             return Err(ProviderError::InvalidSpec(format!("unknown template '{}'", spec.template)));
         }
         spec.size.validate().map_err(|e| ProviderError::InvalidSpec(e.to_string()))?;
-        if spec.network != NetworkMode::None {
-            return Err(ProviderError::Unsupported(format!("network mode {:?} (local offers: none)", spec.network)));
+        if spec.network == NetworkMode::Host {
+            return Err(ProviderError::Unsupported("network mode host (local offers: none, bridge)".into()));
         }
+        let bridge = spec.network == NetworkMode::Bridge;
+        if bridge {
+            self.rules
+                .get_or_try_init(|| async {
+                    tokio::task::spawn_blocking(network::install_rules)
+                        .await
+                        .map_err(|e| ProviderError::Internal(e.to_string()))?
+                        .map_err(|e| ProviderError::Unavailable(format!("bridge networking: {e}")))
+                })
+                .await?;
+        }
+        let links_guard = if bridge { Some(self.links.lock().await) } else { None };
         let dir = self.dir(&spec.id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
@@ -392,6 +426,25 @@ impl SandboxProvider for LocalProvider {
                 return Err(e);
             }
         };
+        let link = if bridge {
+            let mut used: std::collections::HashSet<u32> = self.all_meta().into_iter().filter_map(|m| m.link).collect();
+            used.extend(tokio::task::spawn_blocking(network::indexes_in_use_on_host).await.unwrap_or_default());
+            let Some(index) = (0..network::LINKS).find(|i| !used.contains(i)) else {
+                let _ = self.teardown(&spec.id, Some((pid, ticks)));
+                return Err(ProviderError::Capacity("no free bridge address left in 10.89.0.0/16".into()));
+            };
+            let id = spec.id.to_string();
+            let attached = tokio::task::spawn_blocking(move || network::attach(&id, pid, index))
+                .await
+                .map_err(|e| ProviderError::Internal(e.to_string()))?;
+            if let Err(e) = attached {
+                let _ = self.teardown(&spec.id, Some((pid, ticks)));
+                return Err(ProviderError::Internal(format!("bridge network: {e}")));
+            }
+            Some(index)
+        } else {
+            None
+        };
         let meta = Meta {
             template: spec.template.clone(),
             size: spec.size,
@@ -400,12 +453,14 @@ impl SandboxProvider for LocalProvider {
             labels: spec.labels.clone(),
             pid,
             start_ticks: ticks,
+            link,
         };
         let write = serde_json::to_vec(&meta).map_err(|e| std::io::Error::other(e.to_string())).and_then(|raw| {
             let tmp = dir.join("meta.json.tmp");
             std::fs::write(&tmp, raw)?;
             std::fs::rename(&tmp, dir.join("meta.json"))
         });
+        drop(links_guard);
         if let Err(e) = write {
             let _ = self.teardown(&spec.id, Some((pid, ticks)));
             return Err(ProviderError::Internal(format!("writing meta: {e}")));

@@ -115,6 +115,9 @@ pub struct CreateBody {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// `none` (loopback only) or `bridge` (own address, NAT egress).
+    #[serde(default)]
+    pub network: Option<warren_provider::NetworkMode>,
 }
 
 pub async fn create(State(s): State<AppState>, caller: Caller, body: axum::body::Bytes) -> ApiResult<Response> {
@@ -129,6 +132,7 @@ pub async fn create(State(s): State<AppState>, caller: Caller, body: axum::body:
             timeout: b.timeout.map(Duration::from_secs),
             env: b.env,
             metadata: b.metadata,
+            network: b.network,
         })
         .await;
     s.metrics.observe_create(started.elapsed(), rec.is_ok());

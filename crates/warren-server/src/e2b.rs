@@ -155,6 +155,7 @@ async fn create_inner(s: &AppState, caller: &Caller, headers: &HeaderMap, body: 
             timeout: Some(Duration::from_secs(b.timeout.unwrap_or(300))),
             env: b.env_vars.unwrap_or_default(),
             metadata: b.metadata.unwrap_or_default(),
+            network: None,
         })
         .await;
     s.metrics.observe_create(started.elapsed(), rec.is_ok());
