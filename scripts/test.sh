@@ -20,6 +20,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v npm >/dev/null || need+=(nodejs npm)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+command -v iptables >/dev/null || need+=(iptables)
+command -v nsenter >/dev/null || need+=(util-linux)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
