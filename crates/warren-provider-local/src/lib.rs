@@ -25,6 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use warren_core::{Clock, Size, SystemClock, WorkspaceId};
 use warren_proto::endpoint::Endpoint;
 use warren_provider::fake::wait_healthy;
+use warren_provider::procfs::start_ticks;
 use warren_provider::{
     Capabilities, CreateSpec, IsolationTier, NetworkMode, ProviderError, Result, RunState, SandboxInfo,
     SandboxProvider, Stats, TemplateInfo,
@@ -303,21 +304,9 @@ fn classify_launch_error(reason: &str) -> ProviderError {
     }
 }
 
-/// Start time (clock ticks since boot) of a process, to tell pid reuse apart.
-fn start_ticks(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, a)| a.split_whitespace().nth(19).and_then(|v| v.parse().ok())))
-        .unwrap_or(0)
-}
-
 /// A live, non-zombie process with this start time.
 fn proc_alive(pid: i32, ticks: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let Some((_, after)) = stat.rsplit_once(')') else { return false };
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let state = f.first().copied().unwrap_or("X");
-    state != "Z" && state != "X" && f.get(19).and_then(|v| v.parse::<u64>().ok()) == Some(ticks)
+    warren_provider::procfs::state(pid, ticks).is_some()
 }
 
 /// Kills a workspace's init (which takes its whole pid namespace along).

@@ -15,6 +15,7 @@ use warren_core::{Clock, Size, SystemClock, WorkspaceId};
 use warren_proto::client::AgentClient;
 use warren_proto::endpoint::Endpoint;
 
+use crate::procfs::{start_ticks, state as proc_state};
 use crate::{
     Capabilities, CreateSpec, IsolationTier, NetworkMode, ProviderError, Result, RunState, SandboxInfo,
     SandboxProvider, Stats, TemplateInfo,
@@ -84,16 +85,6 @@ impl ProcessProvider {
     }
 }
 
-/// The state letter of a live (non-zombie) process with this start time.
-fn proc_state(pid: i32, start_ticks: u64) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start: u64 = fields.get(19)?.parse().ok()?;
-    (state != 'Z' && state != 'X' && start == start_ticks).then_some(state)
-}
-
 /// Signals are asynchronous: wait until the agent is (or is no longer) stopped.
 async fn wait_state(m: &Meta, stopped: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -111,13 +102,6 @@ async fn wait_state(m: &Meta, stopped: bool) -> Result<()> {
             Some(_) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
-}
-
-fn start_ticks(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, a)| a.split_whitespace().nth(19).and_then(|v| v.parse().ok())))
-        .unwrap_or(0)
 }
 
 #[async_trait]

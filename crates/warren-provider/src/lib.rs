@@ -8,6 +8,7 @@
 
 pub mod conformance;
 pub mod fake;
+pub mod procfs;
 
 use std::collections::BTreeMap;
 
