@@ -153,6 +153,44 @@ pub struct ListQuery {
     pub state: Option<String>,
 }
 
+/// One page of records (oldest first), and the token of the next page when
+/// more remain. Tokens are `<created ms>.<id>` of the last record given.
+pub struct Page<'a> {
+    pub items: Vec<&'a WorkspaceRecord>,
+    pub next: Option<String>,
+}
+
+pub fn paginate<'a>(
+    records: impl Iterator<Item = &'a WorkspaceRecord>,
+    token: Option<&str>,
+    limit: usize,
+) -> ApiResult<Page<'a>> {
+    let after = match token {
+        None => None,
+        Some(t) => {
+            let bad = || ApiError::bad_request("invalid nextToken");
+            let (ms, id) = t.split_once('.').ok_or_else(bad)?;
+            Some((ms.parse::<u64>().map_err(|_| bad())?, id.to_string()))
+        }
+    };
+    let mut items: Vec<&WorkspaceRecord> = records
+        .filter(|r| after.as_ref().is_none_or(|(ms, id)| (r.created_at_ms, r.id.as_str()) > (*ms, id.as_str())))
+        .take(limit + 1)
+        .collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(|r| format!("{}.{}", r.created_at_ms, r.id)) } else { None };
+    Ok(Page { items, next })
+}
+
+/// Sets `X-Next-Token` when there is a next page.
+pub fn with_next_token(mut resp: Response, next: Option<String>) -> Response {
+    if let Some(v) = next.and_then(|t| axum::http::HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut().insert("x-next-token", v);
+    }
+    resp
+}
+
 /// Lists workspaces oldest first, a page at a time: when more remain, the
 /// reply carries `X-Next-Token`, to pass back as `nextToken`.
 pub async fn list(State(s): State<AppState>, caller: Caller, Query(q): Query<ListQuery>) -> ApiResult<Response> {
@@ -160,33 +198,12 @@ pub async fn list(State(s): State<AppState>, caller: Caller, Query(q): Query<Lis
     if limit == 0 || limit > PAGE_MAX {
         return Err(ApiError::bad_request(format!("limit must be between 1 and {PAGE_MAX}")));
     }
-    let after = match &q.next_token {
-        None => None,
-        Some(t) => {
-            let (ms, id) = t.split_once('.').ok_or_else(|| ApiError::bad_request("invalid nextToken"))?;
-            Some((ms.parse::<u64>().map_err(|_| ApiError::bad_request("invalid nextToken"))?, id.to_string()))
-        }
-    };
     let states: Option<Vec<&str>> = q.state.as_deref().map(|s| s.split(',').map(str::trim).collect());
     let all = s.orch.list(caller.scope()).await?;
-    let mut page: Vec<&WorkspaceRecord> = all
-        .iter()
-        .filter(|r| states.as_ref().is_none_or(|st| st.contains(&r.state.as_str())))
-        .filter(|r| after.as_ref().is_none_or(|(ms, id)| (r.created_at_ms, r.id.as_str()) > (*ms, id.as_str())))
-        .take(limit + 1)
-        .collect();
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let body: Vec<ViewRef<'_>> = page.iter().map(|r| ViewRef(r)).collect();
-    let mut resp = Json(body).into_response();
-    if more {
-        if let Some(last) = page.last() {
-            if let Ok(v) = format!("{}.{}", last.created_at_ms, last.id).parse() {
-                resp.headers_mut().insert("x-next-token", v);
-            }
-        }
-    }
-    Ok(resp)
+    let matching = all.iter().filter(|r| states.as_ref().is_none_or(|st| st.contains(&r.state.as_str())));
+    let page = paginate(matching, q.next_token.as_deref(), limit)?;
+    let body: Vec<ViewRef<'_>> = page.items.iter().map(|r| ViewRef(r)).collect();
+    Ok(with_next_token(Json(body).into_response(), page.next))
 }
 
 pub async fn info(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<WorkspaceView>> {

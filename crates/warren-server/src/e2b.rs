@@ -279,31 +279,15 @@ pub async fn list(State(s): State<AppState>, caller: Caller, Query(q): Query<Lis
             return Err(ApiError::bad_request(format!("unknown state filter '{st}' (running, paused)")));
         }
     }
-    let after = q.next_token.as_deref().map(|t| {
-        let (ms, id) = t.split_once('.').unwrap_or(("0", t));
-        (ms.parse::<u64>().unwrap_or(0), id.to_string())
-    });
     let all = s.orch.list(caller.scope()).await?;
-    let mut page: Vec<&WorkspaceRecord> = all
+    let matching = all
         .iter()
         .filter(|r| matches!(r.state, WsState::Running | WsState::Paused))
         .filter(|r| states.iter().any(|st| st == if r.state == WsState::Paused { "paused" } else { "running" }))
-        .filter(|r| want.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
-        .filter(|r| after.as_ref().is_none_or(|(ms, id)| (r.created_at_ms, r.id.as_str()) > (*ms, id.as_str())))
-        .take(limit + 1)
-        .collect();
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let items: Vec<Value> = page.iter().map(|r| detail_json(&s, r)).collect();
-    let mut resp = Json(items).into_response();
-    if more {
-        if let Some(last) = page.last() {
-            if let Ok(v) = HeaderValue::from_str(&format!("{}.{}", last.created_at_ms, last.id)) {
-                resp.headers_mut().insert("x-next-token", v);
-            }
-        }
-    }
-    Ok(resp)
+        .filter(|r| want.iter().all(|(k, v)| r.metadata.get(k) == Some(v)));
+    let page = crate::api::paginate(matching, q.next_token.as_deref(), limit)?;
+    let items: Vec<Value> = page.items.iter().map(|r| detail_json(&s, r)).collect();
+    Ok(crate::api::with_next_token(Json(items).into_response(), page.next))
 }
 
 /// CPU time seen at the previous metrics call, per sandbox.
