@@ -14,7 +14,7 @@ use warren_provider_local::{LocalConfig, LocalProvider};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// create | exec | list | density | all
+    /// create | exec | list | pool | density | all
     #[arg(default_value = "all")]
     pub which: String,
     /// Iterations per variant.
@@ -365,6 +365,90 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
+async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
+    use warren_store::StateStore as _;
+    let key = "e2b_bench0000000000000000000000000000000000";
+    let mut rows = Vec::new();
+    for (label, target) in [("pool sized right", burst), ("pool too small", burst / 5), ("no pool", 0)] {
+        let p: Arc<dyn SandboxProvider> = Arc::new(provider(&dir.join(format!("pool-{target}")))?);
+        let store = Arc::new(warren_store::MemoryStore::new());
+        store
+            .put_api_key(&warren_server::auth::record(key, "default", "bench", true, 0))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pools = if target > 0 {
+            vec![warren_orchestrator::pool::PoolSpec { template: "base".into(), size: None, target }]
+        } else {
+            vec![]
+        };
+        let cfg = warren_orchestrator::Config { pools, ..Default::default() };
+        let orch = Arc::new(warren_orchestrator::Orchestrator::new(p, store.clone(), Arc::new(SystemClock), cfg));
+        let reaper = orch.spawn_reaper();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(warren_server::serve(
+            listener,
+            warren_server::AppState::new(orch.clone(), Default::default()),
+            std::future::pending(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let st = orch.pool_status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if st.first().is_none_or(|s| s.ready >= target) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("pool of {target} did not fill: {st:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let http = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for _ in 0..burst {
+            let (http, base) = (http.clone(), base.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let ws: serde_json::Value = http
+                    .post(format!("{base}/v1/workspaces"))
+                    .bearer_auth(key)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let id = ws["id"].as_str().context("no id")?.to_string();
+                let text = http
+                    .post(format!("{base}/v1/workspaces/{id}/exec"))
+                    .bearer_auth(key)
+                    .json(&serde_json::json!({"argv": ["echo", "hi"]}))
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                if !text.contains("\"type\":\"stdout\"") {
+                    bail!("no output: {text}");
+                }
+                Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64() * 1000.0)
+            }));
+        }
+        let mut s = Series { name: format!("{label} ({target}), burst of {burst}"), ms: vec![] };
+        for t in tasks {
+            s.ms.push(t.await??);
+        }
+        let st = orch.pool_status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(p) = st.first() {
+            s.name = format!("{} — {} hits, {} misses, refill {} ms", s.name, p.hits, p.misses, p.refill_ms);
+        }
+        rows.push(s);
+        reaper.abort();
+        for r in store.list_workspaces().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            let _ = orch.kill_any(&r.id).await;
+        }
+    }
+    report("Burst: create → first command output through the API (local provider)", "pool sized right", rows);
+    Ok(())
+}
+
 fn mem_available_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -464,11 +548,14 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
     if all || a.which == "list" {
         bench_list(&dir, a.n).await?;
     }
+    if all || a.which == "pool" {
+        bench_pool(&dir, 100).await?;
+    }
     if all || a.which == "density" {
         bench_density(&dir, a.density).await?;
     }
-    if !["all", "create", "exec", "list", "density"].contains(&a.which.as_str()) {
-        bail!("unknown benchmark {:?}: create, exec, list, density or all", a.which);
+    if !["all", "create", "exec", "list", "pool", "density"].contains(&a.which.as_str()) {
+        bail!("unknown benchmark {:?}: create, exec, list, pool, density or all", a.which);
     }
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -270,6 +270,31 @@ impl Client {
         Ok(0)
     }
 
+    pub async fn pools(&self) -> Result<u8> {
+        let all: Vec<Value> = self.get("/v1/pools").await?;
+        if self.conn.json {
+            Self::print_json(&all)?;
+            return Ok(0);
+        }
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|p| {
+                vec![
+                    p["template"].as_str().unwrap_or("").into(),
+                    format!("{}", p["size"]["memoryMib"]),
+                    p["target"].to_string(),
+                    p["ready"].to_string(),
+                    p["warming"].to_string(),
+                    p["hits"].to_string(),
+                    p["misses"].to_string(),
+                    p["refillMs"].to_string(),
+                ]
+            })
+            .collect();
+        table(&["TEMPLATE", "MEMORY MIB", "TARGET", "READY", "WARMING", "HITS", "MISSES", "REFILL MS"], &rows);
+        Ok(0)
+    }
+
     pub async fn import(&self, name: &str, archive: &std::path::Path) -> Result<u8> {
         let f = tokio::fs::File::open(archive).await.with_context(|| format!("opening {}", archive.display()))?;
         let total = f.metadata().await?.len();

@@ -63,6 +63,8 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<client::TemplateCmd>,
     },
+    /// Show warm pools (admin key).
+    Pools,
     /// Run benchmarks with their peers side by side (root; local provider).
     Bench(bench::BenchArgs),
 }
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve(a) => serve::run(a).await.map(|_| 0),
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Pools => c()?.pools().await,
             Cmd::Create(a) => c()?.create(a).await,
             Cmd::Ls => c()?.ls().await,
             Cmd::Info { id } => c()?.info(&id).await,

@@ -45,6 +45,9 @@ pub struct Config {
     /// instead of HTTP (env WARREN_TLS_CERT, WARREN_TLS_KEY).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Warm pools: `[[pools]]` tables with `template`, `target` and an
+    /// optional `size` ({millicpus, memoryMib, diskMib, pids}).
+    pub pools: Vec<warren_orchestrator::pool::PoolSpec>,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             e2b_domain: None,
             tls_cert: None,
             tls_key: None,
+            pools: Vec::new(),
         }
     }
 }
@@ -233,6 +237,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             default_timeout: Duration::from_secs(cfg.default_timeout),
             max_timeout: Duration::from_secs(cfg.max_timeout),
             idle_timeout: (cfg.idle_timeout > 0).then(|| Duration::from_secs(cfg.idle_timeout)),
+            pools: cfg.pools.clone(),
             ..OrchConfig::default()
         },
     ));

@@ -14,6 +14,8 @@ use warren_proto::client::AgentClient;
 use warren_provider::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxProvider, Stats, TemplateInfo};
 use warren_store::{EventKind, NewEvent, StateStore, StoreError, WorkspaceRecord};
 
+pub mod pool;
+
 /// How long a failed workspace stays listed (with its error) before it is purged.
 pub const FAILED_RETENTION_MS: u64 = 3_600_000;
 
@@ -29,6 +31,8 @@ pub struct Config {
     /// gateway traffic, and no process running in it) is paused, or killed
     /// where the backend cannot pause. `None`: only the timeout applies.
     pub idle_timeout: Option<Duration>,
+    /// Warm pools: ready workspaces kept per template and size.
+    pub pools: Vec<pool::PoolSpec>,
 }
 
 impl Default for Config {
@@ -39,6 +43,7 @@ impl Default for Config {
             default_size: Size::default(),
             reap_interval: Duration::from_secs(1),
             idle_timeout: None,
+            pools: Vec::new(),
         }
     }
 }
@@ -122,6 +127,7 @@ pub struct Orchestrator {
     /// Last activity per workspace (ms), kept in memory: it changes on every
     /// request and only steers idle detection.
     activity: Mutex<HashMap<WorkspaceId, u64>>,
+    pools: pool::Pools,
 }
 
 fn event(rec: &WorkspaceRecord, at_ms: u64, kind: EventKind) -> NewEvent {
@@ -135,7 +141,8 @@ impl Orchestrator {
         clock: Arc<dyn Clock>,
         cfg: Config,
     ) -> Self {
-        Orchestrator { provider, store, clock, cfg, clients: Mutex::default(), activity: Mutex::default() }
+        let pools = pool::Pools::new(&cfg.pools);
+        Orchestrator { provider, store, clock, cfg, clients: Mutex::default(), activity: Mutex::default(), pools }
     }
 
     pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
@@ -198,8 +205,20 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Creates a workspace and returns it running (its agent healthy).
+    /// Creates a workspace and returns it running (its agent healthy): a
+    /// ready member of a matching warm pool when there is one, else a new one.
     pub async fn create(&self, req: CreateRequest) -> Result<WorkspaceRecord> {
+        let size = req.size.unwrap_or(self.cfg.default_size);
+        if req.network.is_none() && req.tenant != pool::POOL_TENANT {
+            if let Some(rec) = self.claim(&req, size).await? {
+                return Ok(rec);
+            }
+        }
+        self.create_cold(req).await
+    }
+
+    /// Always makes a new workspace.
+    pub async fn create_cold(&self, req: CreateRequest) -> Result<WorkspaceRecord> {
         let size = req.size.unwrap_or(self.cfg.default_size);
         size.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let timeout = req.timeout.unwrap_or(self.cfg.default_timeout);
@@ -281,7 +300,13 @@ impl Orchestrator {
     pub async fn get(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.store.get_workspace(id).await?;
         match rec {
-            Some(r) if r.state != State::Deleted && tenant.is_none_or(|t| t == r.tenant) => Ok(r),
+            Some(r)
+                if r.state != State::Deleted
+                    && r.tenant != pool::POOL_TENANT
+                    && tenant.is_none_or(|t| t == r.tenant) =>
+            {
+                Ok(r)
+            }
             // Another tenant's workspace does not exist, as far as the caller can tell.
             _ => Err(Error::NotFound(format!("workspace {id} not found"))),
         }
@@ -293,7 +318,9 @@ impl Orchestrator {
             .list_workspaces()
             .await?
             .into_iter()
-            .filter(|r| r.state != State::Deleted && tenant.is_none_or(|t| t == r.tenant))
+            .filter(|r| {
+                r.state != State::Deleted && r.tenant != pool::POOL_TENANT && tenant.is_none_or(|t| t == r.tenant)
+            })
             .collect();
         all.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
         Ok(all)
@@ -301,7 +328,18 @@ impl Orchestrator {
 
     /// Ends a workspace and releases everything it held.
     pub async fn kill(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<()> {
-        let rec = self.get(tenant, id).await?;
+        self.get(tenant, id).await?;
+        self.kill_any(id).await
+    }
+
+    /// Kills any workspace, pool members included (internal use).
+    pub async fn kill_any(&self, id: &WorkspaceId) -> Result<()> {
+        let rec =
+            self.store.get_workspace(id).await?.ok_or_else(|| Error::NotFound(format!("workspace {id} not found")))?;
+        if rec.state == State::Deleted {
+            self.store.delete_workspace(id).await?;
+            return Ok(());
+        }
         if !matches!(rec.state, State::Stopping | State::Stopped) {
             self.transition(id, State::Stopping, |_| {}).await?;
         }
@@ -446,7 +484,10 @@ impl Orchestrator {
         let now = self.clock.now_ms();
         let mut n = 0;
         for rec in self.store.list_workspaces().await? {
-            if rec.state != State::Running || self.last_activity(&rec) + limit.as_millis() as u64 > now {
+            if rec.state != State::Running
+                || rec.tenant == pool::POOL_TENANT
+                || self.last_activity(&rec) + limit.as_millis() as u64 > now
+            {
                 continue;
             }
             let Some(ep) = rec.endpoint.as_ref().and_then(|e| e.parse().ok()) else { continue };
@@ -478,12 +519,13 @@ impl Orchestrator {
         let now = self.clock.now_ms();
         let mut n = 0;
         for rec in self.store.list_workspaces().await? {
-            let expired = matches!(rec.state, State::Running | State::Paused) && rec.expires_at_ms <= now;
+            let pooled = rec.tenant == pool::POOL_TENANT;
+            let expired = !pooled && matches!(rec.state, State::Running | State::Paused) && rec.expires_at_ms <= now;
             // A kill that died half-way is finished; failures stay visible for a while.
             let stuck = (rec.state == State::Stopping && rec.updated_at_ms + 60_000 <= now)
                 || (rec.state == State::Failed && rec.updated_at_ms + FAILED_RETENTION_MS <= now);
             if expired || stuck {
-                match self.kill(None, &rec.id).await {
+                match self.kill_any(&rec.id).await {
                     Ok(()) => n += 1,
                     Err(Error::NotFound(_)) => {}
                     Err(e) => eprintln!("warren: reaping {}: {e}", rec.id),
@@ -498,6 +540,7 @@ impl Orchestrator {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
+                me.refill_pools().await;
                 tokio::time::sleep(me.cfg.reap_interval).await;
                 if let Err(e) = me.reap_once().await {
                     eprintln!("warren: reaper: {e}");
@@ -552,7 +595,7 @@ impl Orchestrator {
                 }
                 (State::Stopping | State::Failed | State::Stopped, _) => {
                     // Finish what was under way: release and forget.
-                    match self.kill(None, &rec.id).await {
+                    match self.kill_any(&rec.id).await {
                         Ok(()) | Err(Error::NotFound(_)) => report.purged += 1,
                         Err(e) => return Err(e),
                     }

@@ -218,3 +218,72 @@ async fn idle_workspaces_are_paused_but_busy_ones_are_not() {
         orch.kill(None, &w.id).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
+    use std::collections::HashSet;
+    use warren_orchestrator::pool::PoolSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let clock = Arc::new(warren_core::SystemClock);
+    let cfg = Config { pools: vec![PoolSpec { template: "base".into(), size: None, target: 3 }], ..Config::default() };
+    let orch = Arc::new(Orchestrator::new(provider(&root), Arc::new(MemoryStore::new()), clock, cfg));
+    let wait_ready = |n: usize| {
+        let orch = orch.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                orch.refill_pools().await;
+                let st = orch.pool_status().await.unwrap();
+                if st[0].ready >= n {
+                    return st;
+                }
+                assert!(std::time::Instant::now() < deadline, "pool did not fill: {st:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let st = wait_ready(3).await;
+    assert_eq!(st[0].target, 3);
+    // Pool members are infrastructure: no tenant sees them.
+    assert!(orch.list(None).await.unwrap().is_empty());
+    let old_tokens: HashSet<String> =
+        orch.store().list_workspaces().await.unwrap().into_iter().map(|r| r.access_token).collect();
+
+    // Ten concurrent creates: three hits, seven cold; every id distinct.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let orch = orch.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = req(&format!("t{i}"));
+            r.env.insert("WHO".into(), format!("t{i}"));
+            orch.create(r).await.unwrap()
+        }));
+    }
+    let mut ids = HashSet::new();
+    for t in tasks {
+        let rec = t.await.unwrap();
+        assert!(ids.insert(rec.id.clone()), "a workspace was handed out twice");
+        assert!(!old_tokens.contains(&rec.access_token), "claimed workspaces get a fresh token");
+        let (_, agent) = orch.agent(Some(&rec.tenant), &rec.id).await.unwrap();
+        let out = agent.sh("echo $WHO").await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), rec.tenant, "personalised environment");
+    }
+    let st = orch.pool_status().await.unwrap();
+    assert_eq!((st[0].hits, st[0].misses), (3, 7), "{st:?}");
+    // The pool's old token no longer opens a claimed workspace.
+    let events = orch.store().events_since(0, usize::MAX).await.unwrap();
+    let claimed: Vec<_> = events.iter().filter(|e| matches!(e.event.kind, EventKind::Claimed { .. })).collect();
+    assert_eq!(claimed.len(), 3, "each claim is a durable event");
+    let pooled = orch.get(None, &claimed[0].event.workspace).await.unwrap();
+    let ep: warren_proto::endpoint::Endpoint = pooled.endpoint.clone().unwrap().parse().unwrap();
+    for t in &old_tokens {
+        let stale = warren_proto::client::AgentClient::new(ep.clone()).with_access_token(Some(t.clone()));
+        assert!(stale.list().await.is_err());
+    }
+    // It refills.
+    wait_ready(3).await;
+    for r in orch.list(None).await.unwrap() {
+        orch.kill(None, &r.id).await.unwrap();
+    }
+}

@@ -353,6 +353,17 @@ pub async fn import_template(
     Ok((StatusCode::CREATED, Json(result?)).into_response())
 }
 
+/// `GET /v1/pools`: warm pools (admin).
+pub async fn pools(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<warren_orchestrator::pool::PoolStatus>>> {
+    if !caller.admin {
+        return Err(ApiError::forbidden("pool status needs an admin key"));
+    }
+    Ok(Json(s.orch.pool_status().await?))
+}
+
 pub async fn templates(
     State(s): State<AppState>,
     _caller: Caller,

@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .merge(workspaces)
         .merge(e2b_api)
         .route("/v1/templates", get(api::templates))
+        .route("/v1/pools", get(api::pools))
         .route("/v1/templates/{name}", post(api::import_template).layer(DefaultBodyLimit::disable()))
         .route("/v1/health", get(api::health))
         .route("/v1/openapi.json", get(openapi::document))

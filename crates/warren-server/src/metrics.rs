@@ -92,6 +92,26 @@ pub async fn scrape(State(s): State<AppState>) -> Response {
     ));
     m.create_latency.render("warren_workspace_create_seconds", &mut out);
     m.request_latency.render("warren_http_request_seconds", &mut out);
+    if let Ok(pools) = s.orch.pool_status().await {
+        for (name, f) in [
+            ("warren_pool_ready", (|p: &warren_orchestrator::pool::PoolStatus| p.ready as u64) as fn(&_) -> u64),
+            ("warren_pool_warming", |p| p.warming as u64),
+            ("warren_pool_target", |p| p.target as u64),
+            ("warren_pool_hits_total", |p| p.hits),
+            ("warren_pool_misses_total", |p| p.misses),
+            ("warren_pool_refill_ms", |p| p.refill_ms),
+        ] {
+            out.push_str(&format!("# TYPE {name} {}\n", if name.ends_with("_total") { "counter" } else { "gauge" }));
+            for p in &pools {
+                out.push_str(&format!(
+                    "{name}{{template=\"{}\",memory_mib=\"{}\"}} {}\n",
+                    p.template,
+                    p.size.memory_mib,
+                    f(p)
+                ));
+            }
+        }
+    }
     if let Ok(all) = s.orch.list(None).await {
         let mut by_state = std::collections::BTreeMap::new();
         for r in &all {

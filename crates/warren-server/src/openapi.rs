@@ -25,6 +25,7 @@ pub const ROUTES: &[(&str, &str, &str, u16)] = &[
         "Import an OCI image archive (docker save / OCI layout tar) as a template; admin",
         201,
     ),
+    ("get", "/v1/pools", "Warm pools: target, ready, warming, hits, misses, refill time; admin", 200),
     ("get", "/v1/health", "Health (no auth)", 200),
     ("get", "/v1/openapi.json", "This document (no auth)", 200),
     ("get", "/metrics", "Prometheus metrics (no auth)", 200),

@@ -52,9 +52,20 @@ pub struct WorkspaceRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum EventKind {
-    Created { template: String },
-    State { from: State, to: State },
-    Timeout { expires_at_ms: u64 },
+    Created {
+        template: String,
+    },
+    State {
+        from: State,
+        to: State,
+    },
+    Timeout {
+        expires_at_ms: u64,
+    },
+    /// A warm-pool member was handed to a tenant (until now it was infrastructure).
+    Claimed {
+        tenant: String,
+    },
 }
 
 /// An event before the store numbers it.
