@@ -56,6 +56,13 @@ fn parse(id: &str) -> ApiResult<WorkspaceId> {
     id.parse().map_err(|_| not_found(id))
 }
 
+/// The id of a sandbox the caller may see (E2B's 404 otherwise).
+async fn visible(s: &AppState, caller: &Caller, id: &str) -> ApiResult<WorkspaceId> {
+    let wid = parse(id)?;
+    s.orch.get(caller.scope(), &wid).await.map_err(|_| not_found(id))?;
+    Ok(wid)
+}
+
 fn sandbox_json(s: &AppState, r: &WorkspaceRecord) -> Value {
     json!({
         "templateID": r.template,
@@ -199,8 +206,7 @@ pub async fn timeout(
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
     let b: TimeoutBody = json_body(&body)?;
-    let wid = parse(&id)?;
-    s.orch.get(caller.scope(), &wid).await.map_err(|_| not_found(&id))?;
+    let wid = visible(&s, &caller, &id).await?;
     s.orch.set_timeout(caller.scope(), &wid, Duration::from_secs(b.timeout)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -220,16 +226,14 @@ pub async fn connect(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let b: ConnectBody = json_body(&body)?;
-    let wid = parse(&id)?;
-    s.orch.get(caller.scope(), &wid).await.map_err(|_| not_found(&id))?;
+    let wid = visible(&s, &caller, &id).await?;
     let (rec, resumed) = s.orch.connect(caller.scope(), &wid, Duration::from_secs(b.timeout.unwrap_or(300))).await?;
     let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(sandbox_json(&s, &rec))).into_response())
 }
 
 pub async fn pause(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let wid = parse(&id)?;
-    s.orch.get(caller.scope(), &wid).await.map_err(|_| not_found(&id))?;
+    let wid = visible(&s, &caller, &id).await?;
     s.orch.pause(caller.scope(), &wid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -242,8 +246,7 @@ pub async fn resume(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let b: ConnectBody = json_body(&body)?;
-    let wid = parse(&id)?;
-    s.orch.get(caller.scope(), &wid).await.map_err(|_| not_found(&id))?;
+    let wid = visible(&s, &caller, &id).await?;
     s.orch.resume(caller.scope(), &wid).await?;
     let (rec, _) = s.orch.connect(caller.scope(), &wid, Duration::from_secs(b.timeout.unwrap_or(300))).await?;
     Ok((StatusCode::CREATED, Json(sandbox_json(&s, &rec))).into_response())
