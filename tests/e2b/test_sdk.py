@@ -74,6 +74,13 @@ def test_streaming_callbacks_background_and_stdin():
         r = h.wait()
         assert r.stdout == "got:typed\n", r
 
+        if hasattr(sbx.commands, "stream_input"):
+            # Client-streaming input (SDK >= 2.58).
+            h = sbx.commands.run("wc -c", background=True, stdin=True)
+            sbx.commands.stream_input(h.pid, (b"x" * 1000 for _ in range(20)))
+            sbx.commands.close_stdin(h.pid)
+            assert h.wait().stdout.strip() == "20000"
+
         # Re-attach to a running command.
         h = sbx.commands.run("sleep 0.5; echo late", background=True)
         h2 = sbx.commands.connect(h.pid)

@@ -288,20 +288,20 @@ async fn rpc(agent: Arc<Agent>, req: Request<Incoming>) -> Response<RespBody> {
             stream_response(resp_body)
         }
         Kind::ClientStream => {
-            let (tx, resp_body) = ChannelBody::channel(4);
-            let stx = StreamTx { tx };
-            let body = req.into_body();
-            tokio::spawn(async move {
-                let result = process::stream_input(&agent, body, limit).await;
-                match result {
-                    Ok(()) => {
-                        stx.send(&warren_proto::process::Empty {}).await;
-                        stx.finish(None).await;
-                    }
-                    Err(e) => stx.finish(Some(e)).await,
+            // A client stream is answered once its input has ended: reading
+            // the whole request before the reply starts also keeps proxies
+            // that relay HTTP/1.1 into HTTP/2 (the gateway) out of a
+            // full-duplex exchange.
+            let result = process::stream_input(&agent, req.into_body(), limit).await;
+            let mut out = Vec::new();
+            match result {
+                Ok(()) => {
+                    out.extend_from_slice(&connect::message_envelope(&warren_proto::process::Empty {}));
+                    out.extend_from_slice(&connect::end_stream_envelope(None));
                 }
-            });
-            stream_response(resp_body)
+                Err(e) => out.extend_from_slice(&connect::end_stream_envelope(Some(e))),
+            }
+            stream_response(body::full(out))
         }
     }
 }

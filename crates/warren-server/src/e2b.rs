@@ -458,8 +458,9 @@ pub async fn gateway(State(s): State<AppState>, req: Request, next: Next) -> Res
     parts.version = axum::http::Version::HTTP_2;
     // RPCs other than StreamInput carry one bounded message: receive it whole
     // and forward it with its length. (Relaying a chunked HTTP/1.1 body into
-    // the agent's HTTP/2 stream as it arrives lost the message under load;
-    // uploads and StreamInput still stream.)
+    // the agent's HTTP/2 stream while the agent had already started its reply
+    // lost the message under load. Uploads and StreamInput still stream; the
+    // agent answers those only after their input has ended.)
     let path = parts.uri.path();
     let one_message = port == ENVD_PORT
         && (path.starts_with("/process.Process/") || path.starts_with("/filesystem.Filesystem/"))
