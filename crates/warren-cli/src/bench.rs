@@ -369,7 +369,14 @@ async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
     use warren_store::StateStore as _;
     let key = "e2b_bench0000000000000000000000000000000000";
     let mut rows = Vec::new();
-    for (label, target) in [("pool sized right", burst), ("pool too small", burst / 5), ("no pool", 0)] {
+    for (label, target, concurrent) in [
+        ("pool sized right", burst, true),
+        ("pool too small", burst / 5, true),
+        ("no pool", 0, true),
+        ("one at a time, pool", 30, false),
+        ("one at a time, no pool", 0, false),
+    ] {
+        let burst = if concurrent { burst } else { 20 };
         let p: Arc<dyn SandboxProvider> = Arc::new(provider(&dir.join(format!("pool-{target}")))?);
         let store = Arc::new(warren_store::MemoryStore::new());
         store
@@ -404,6 +411,7 @@ async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
         }
         let http = reqwest::Client::new();
         let mut tasks = Vec::new();
+        let mut done = Vec::new();
         for _ in 0..burst {
             let (http, base) = (http.clone(), base.clone());
             tasks.push(tokio::spawn(async move {
@@ -430,8 +438,14 @@ async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
                 }
                 Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64() * 1000.0)
             }));
+            if !concurrent {
+                if let Some(t) = tasks.pop() {
+                    done.push(t.await??);
+                }
+            }
         }
-        let mut s = Series { name: format!("{label} ({target}), burst of {burst}"), ms: vec![] };
+        let what = if concurrent { format!("burst of {burst}") } else { format!("{burst} sequential") };
+        let mut s = Series { name: format!("{label} ({target}), {what}"), ms: done };
         for t in tasks {
             s.ms.push(t.await??);
         }
