@@ -92,6 +92,22 @@ pub enum TemplateCmd {
     Import { name: String, archive: PathBuf },
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCmd {
+    /// Create a key for a tenant; the key is printed once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// An admin key (sees every tenant, manages keys).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Revoke the keys with this prefix (as `warren keys` lists it).
+    Revoke { prefix: String },
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ShellArgs {
     pub id: String,
@@ -266,6 +282,50 @@ impl Client {
                 .map(|t| vec![t["name"].as_str().unwrap_or("").into(), t["description"].as_str().unwrap_or("").into()])
                 .collect();
             table(&["NAME", "DESCRIPTION"], &rows);
+        }
+        Ok(0)
+    }
+
+    pub async fn keys(&self, action: Option<KeyCmd>) -> Result<u8> {
+        match action {
+            None => {
+                let all: Vec<Value> = self.get("/v1/keys").await?;
+                if self.conn.json {
+                    Self::print_json(&all)?;
+                    return Ok(0);
+                }
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k["prefix"].as_str().unwrap_or("").into(),
+                            k["tenant"].as_str().unwrap_or("").into(),
+                            k["name"].as_str().unwrap_or("").into(),
+                            k["admin"].to_string(),
+                            if k["revoked"].as_bool() == Some(true) { "revoked".into() } else { "active".into() },
+                            k["createdAt"].as_str().unwrap_or("").into(),
+                        ]
+                    })
+                    .collect();
+                table(&["PREFIX", "TENANT", "NAME", "ADMIN", "STATUS", "CREATED"], &rows);
+            }
+            Some(KeyCmd::Create { tenant, name, admin }) => {
+                let body = json!({"tenant": tenant, "name": name, "admin": admin});
+                let k: Value = self.send(self.http.post(self.url("/v1/keys")).json(&body)).await?.json().await?;
+                if self.conn.json {
+                    Self::print_json(&k)?;
+                } else {
+                    eprintln!(
+                        "warren: key for tenant {} (shown once; store it now)",
+                        k["tenant"].as_str().unwrap_or("")
+                    );
+                    println!("{}", k["key"].as_str().unwrap_or(""));
+                }
+            }
+            Some(KeyCmd::Revoke { prefix }) => {
+                self.send(self.http.delete(self.url(&format!("/v1/keys/{prefix}")))).await?;
+                println!("{prefix} revoked");
+            }
         }
         Ok(0)
     }

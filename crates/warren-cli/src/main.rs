@@ -65,6 +65,11 @@ enum Cmd {
     },
     /// Show warm pools (admin key).
     Pools,
+    /// Manage API keys (admin key): `keys`, `keys create --tenant T`, `keys revoke PREFIX`.
+    Keys {
+        #[command(subcommand)]
+        action: Option<client::KeyCmd>,
+    },
     /// Run benchmarks with their peers side by side (root; local provider).
     Bench(bench::BenchArgs),
 }
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
             Cmd::Serve(a) => serve::run(a).await.map(|_| 0),
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Pools => c()?.pools().await,
+            Cmd::Keys { action } => c()?.keys(action).await,
             Cmd::Create(a) => c()?.create(a).await,
             Cmd::Ls => c()?.ls().await,
             Cmd::Info { id } => c()?.info(&id).await,

@@ -131,6 +131,18 @@ fn create_exec_files_shell_kill() {
     assert!(ok(&cli(&s, &["timeout", &id, "900"], None)).contains("expires at"));
     assert!(ok(&cli(&s, &["templates"], None)).contains("base"));
 
+    // Keys: an admin makes a tenant key; the tenant sees only its own.
+    let tenant_key = ok(&cli(&s, &["keys", "create", "--tenant", "acme"], None));
+    assert!(tenant_key.starts_with("e2b_"));
+    let as_tenant = Command::new(bin())
+        .args(["ls", "--json"])
+        .env("WARREN_URL", &s.url)
+        .env("WARREN_API_KEY", &tenant_key)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&as_tenant.stdout).trim(), "[]");
+    assert!(ok(&cli(&s, &["keys"], None)).contains("acme"));
+
     // Kill; then the documented exit codes.
     assert_eq!(ok(&cli(&s, &["kill", &id], None)), id);
     assert_eq!(cli(&s, &["info", &id], None).status.code(), Some(3));

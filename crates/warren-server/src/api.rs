@@ -353,6 +353,103 @@ pub async fn import_template(
     Ok((StatusCode::CREATED, Json(result?)).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewKey {
+    pub tenant: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A key as listed: never the secret, only its public prefix.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    pub prefix: String,
+    pub tenant: String,
+    pub name: String,
+    pub admin: bool,
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+fn key_view(k: &warren_store::ApiKeyRecord) -> KeyView {
+    KeyView {
+        prefix: k.prefix.clone(),
+        tenant: k.tenant.clone(),
+        name: k.name.clone(),
+        admin: k.admin,
+        created_at: time(k.created_at_ms),
+        revoked: k.revoked,
+    }
+}
+
+fn require_admin(caller: &Caller) -> ApiResult<()> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("this needs an admin key"))
+    }
+}
+
+/// `POST /v1/keys` (admin): a new key for a tenant, shown once.
+pub async fn create_key(State(s): State<AppState>, caller: Caller, body: axum::body::Bytes) -> ApiResult<Response> {
+    require_admin(&caller)?;
+    let b: NewKey = json_body(&body)?;
+    let tenant_ok = !b.tenant.is_empty()
+        && b.tenant.len() <= 63
+        && b.tenant.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        && b.tenant != warren_orchestrator::pool::POOL_TENANT;
+    if !tenant_ok {
+        return Err(ApiError::bad_request("tenant must be 1 to 63 of a-z A-Z 0-9 - _"));
+    }
+    let key = crate::auth::new_key();
+    let rec = crate::auth::record(&key, &b.tenant, &b.name, b.admin, s.orch.now_ms());
+    s.orch
+        .store()
+        .put_api_key(&rec)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let mut v = serde_json::to_value(key_view(&rec)).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["key"] = serde_json::Value::String(key);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `GET /v1/keys` (admin).
+pub async fn list_keys(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<KeyView>>> {
+    require_admin(&caller)?;
+    let mut all = s
+        .orch
+        .store()
+        .list_api_keys()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    all.sort_by_key(|k| k.created_at_ms);
+    Ok(Json(all.iter().map(key_view).collect()))
+}
+
+/// `DELETE /v1/keys/{prefix}` (admin): revokes every key with that public prefix.
+pub async fn revoke_key(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(prefix): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_admin(&caller)?;
+    let store = s.orch.store();
+    let all = store.list_api_keys().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let matching: Vec<_> = all.into_iter().filter(|k| k.prefix == prefix && !k.revoked).collect();
+    if matching.is_empty() {
+        return Err(ApiError::not_found(format!("no active key with prefix {prefix}")));
+    }
+    for mut k in matching {
+        k.revoked = true;
+        store.put_api_key(&k).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /v1/pools`: warm pools (admin).
 pub async fn pools(
     State(s): State<AppState>,

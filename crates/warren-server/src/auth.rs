@@ -41,7 +41,8 @@ pub fn valid_key(key: &str) -> bool {
 pub fn record(key: &str, tenant: &str, name: &str, admin: bool, now_ms: u64) -> ApiKeyRecord {
     ApiKeyRecord {
         hash: hash_key(key),
-        prefix: key.chars().take(8).collect(),
+        // "e2b_" and 8 hex digits: enough to tell keys apart, useless to guess them.
+        prefix: key.chars().take(12).collect(),
         tenant: tenant.into(),
         name: name.into(),
         admin,

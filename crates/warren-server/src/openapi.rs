@@ -25,6 +25,9 @@ pub const ROUTES: &[(&str, &str, &str, u16)] = &[
         "Import an OCI image archive (docker save / OCI layout tar) as a template; admin",
         201,
     ),
+    ("post", "/v1/keys", "Create an API key for a tenant (shown once); admin", 201),
+    ("get", "/v1/keys", "List API keys (prefixes only); admin", 200),
+    ("delete", "/v1/keys/{prefix}", "Revoke the keys with this prefix; admin", 204),
     ("get", "/v1/pools", "Warm pools: target, ready, warming, hits, misses, refill time; admin", 200),
     ("get", "/v1/health", "Health (no auth)", 200),
     ("get", "/v1/openapi.json", "This document (no auth)", 200),
@@ -47,6 +50,10 @@ pub fn build() -> Value {
                 "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         });
+        if path.contains("{prefix}") {
+            op["parameters"] =
+                json!([{"name": "prefix", "in": "path", "required": true, "schema": {"type": "string"}}]);
+        }
         if path.contains("{name}") {
             op["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}}]);
         }

@@ -108,15 +108,27 @@ async fn every_documented_route_is_served() {
     // Every route, the kill last.
     let mut routes: Vec<_> = openapi::ROUTES.to_vec();
     routes.sort_by_key(|(m, p, _, _)| (*m == "delete" && p.contains("{id}")) as u8);
+    // A key to revoke.
+    let made: Value = s
+        .req(reqwest::Method::POST, "/v1/keys", &s.admin)
+        .json(&json!({"tenant": "routes", "name": "to revoke"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let prefix = made["prefix"].as_str().unwrap().to_string();
     for (method, path, _, status) in routes.iter() {
         assert!(paths[*path].get(*method).is_some(), "{method} {path} is documented");
-        let url = path.replace("{id}", &id);
+        let url = path.replace("{id}", &id).replace("{prefix}", &prefix);
         let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let mut rb = s.req(m, &url, &s.admin);
         rb = match (*method, *path) {
             ("post", "/v1/workspaces") => rb.json(&json!({})),
             ("post", p) if p.ends_with("/timeout") => rb.json(&json!({"timeout": 600})),
             ("post", p) if p.ends_with("/exec") => rb.json(&json!({"argv": ["true"]})),
+            ("post", "/v1/keys") => rb.json(&json!({"tenant": "routes"})),
             ("get", p) | ("put", p) if p.ends_with("/files") => {
                 rb.query(&[("path", format!("/tmp/warren-route-{id}"))]).body("x")
             }
@@ -406,4 +418,66 @@ async fn keys_and_tenants() {
     s.store.put_api_key(&rec).await.unwrap();
     let (code, _) = error_of(s.req(reqwest::Method::GET, "/v1/workspaces", &alice).send().await.unwrap()).await;
     assert_eq!(code, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_manage_keys_and_tenants_cannot() {
+    let s = start().await;
+    let r = s
+        .req(reqwest::Method::POST, "/v1/keys", &s.admin)
+        .json(&json!({"tenant": "acme", "name": "ci"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let made: Value = r.json().await.unwrap();
+    let key = made["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("e2b_") && key.len() == 44, "{key}");
+    assert_eq!(made["tenant"], "acme");
+    // The new key works and is scoped to its tenant.
+    let ws = s.create(&key).await;
+    assert_eq!(ws["tenant"], "acme");
+    // Listing never shows secrets.
+    let keys: Vec<Value> =
+        s.req(reqwest::Method::GET, "/v1/keys", &s.admin).send().await.unwrap().json().await.unwrap();
+    let text = serde_json::to_string(&keys).unwrap();
+    assert!(!text.contains(&key), "secrets must not be listed");
+    assert!(keys.iter().any(|k| k["prefix"] == made["prefix"]));
+    // Tenants cannot manage keys.
+    for (m, p) in [
+        (reqwest::Method::GET, "/v1/keys".to_string()),
+        (reqwest::Method::POST, "/v1/keys".to_string()),
+        (reqwest::Method::DELETE, format!("/v1/keys/{}", made["prefix"].as_str().unwrap())),
+    ] {
+        let (code, _) = error_of(s.req(m.clone(), &p, &key).json(&json!({"tenant": "x"})).send().await.unwrap()).await;
+        assert_eq!(code, 403, "{m} {p}");
+    }
+    // Bad input.
+    for body in [
+        json!({}),
+        json!({"tenant": ""}),
+        json!({"tenant": "has space"}),
+        json!({"tenant": "__pool__"}),
+        json!({"tenant": "a", "bogus": 1}),
+    ] {
+        let (code, _) =
+            error_of(s.req(reqwest::Method::POST, "/v1/keys", &s.admin).json(&body).send().await.unwrap()).await;
+        assert_eq!(code, 400, "{body}");
+    }
+    // Revoking ends it at once.
+    let r = s
+        .req(reqwest::Method::DELETE, &format!("/v1/keys/{}", made["prefix"].as_str().unwrap()), &s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (code, _) = error_of(s.req(reqwest::Method::GET, "/v1/workspaces", &key).send().await.unwrap()).await;
+    assert_eq!(code, 401);
+    let (code, _) =
+        error_of(s.req(reqwest::Method::DELETE, "/v1/keys/e2b_nothing", &s.admin).send().await.unwrap()).await;
+    assert_eq!(code, 404);
+    s.req(reqwest::Method::DELETE, &format!("/v1/workspaces/{}", ws["id"].as_str().unwrap()), &s.admin)
+        .send()
+        .await
+        .unwrap();
 }
