@@ -48,6 +48,11 @@ pub struct Config {
     /// Warm pools: `[[pools]]` tables with `template`, `target` and an
     /// optional `size` ({millicpus, memoryMib, diskMib, pids}).
     pub pools: Vec<warren_orchestrator::pool::PoolSpec>,
+    /// Limits for every tenant: `[default_quota]` with max_workspaces,
+    /// max_millicpus, max_memory_mib, max_creates_per_minute (all optional).
+    pub default_quota: warren_orchestrator::Quota,
+    /// Per-tenant limits: `[tenant_quotas.<tenant>]`, same keys.
+    pub tenant_quotas: std::collections::HashMap<String, warren_orchestrator::Quota>,
 }
 
 impl Default for Config {
@@ -66,6 +71,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             pools: Vec::new(),
+            default_quota: Default::default(),
+            tenant_quotas: Default::default(),
         }
     }
 }
@@ -238,6 +245,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             max_timeout: Duration::from_secs(cfg.max_timeout),
             idle_timeout: (cfg.idle_timeout > 0).then(|| Duration::from_secs(cfg.idle_timeout)),
             pools: cfg.pools.clone(),
+            default_quota: cfg.default_quota.clone(),
+            tenant_quotas: cfg.tenant_quotas.clone(),
             ..OrchConfig::default()
         },
     ));

@@ -33,6 +33,19 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Warm pools: ready workspaces kept per template and size.
     pub pools: Vec<pool::PoolSpec>,
+    /// Limits of every tenant without its own entry in `tenant_quotas`.
+    pub default_quota: Quota,
+    pub tenant_quotas: HashMap<String, Quota>,
+}
+
+/// What one tenant may hold at once, and how fast it may create. `None`: no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct Quota {
+    pub max_workspaces: Option<usize>,
+    pub max_millicpus: Option<u64>,
+    pub max_memory_mib: Option<u64>,
+    pub max_creates_per_minute: Option<usize>,
 }
 
 impl Default for Config {
@@ -44,6 +57,8 @@ impl Default for Config {
             reap_interval: Duration::from_secs(1),
             idle_timeout: None,
             pools: Vec::new(),
+            default_quota: Quota::default(),
+            tenant_quotas: HashMap::new(),
         }
     }
 }
@@ -66,6 +81,9 @@ pub enum Error {
     Capacity(String),
     #[error("{0}")]
     Internal(String),
+    /// A tenant quota would be exceeded; nothing was changed.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -128,6 +146,9 @@ pub struct Orchestrator {
     /// request and only steers idle detection.
     activity: Mutex<HashMap<WorkspaceId, u64>>,
     pools: pool::Pools,
+    /// Per-tenant admission: the quota check and the claim or the insert of
+    /// the new record happen under it, so concurrent creates cannot overshoot.
+    admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<std::collections::VecDeque<u64>>>>>,
 }
 
 fn event(rec: &WorkspaceRecord, at_ms: u64, kind: EventKind) -> NewEvent {
@@ -142,7 +163,16 @@ impl Orchestrator {
         cfg: Config,
     ) -> Self {
         let pools = pool::Pools::new(&cfg.pools);
-        Orchestrator { provider, store, clock, cfg, clients: Mutex::default(), activity: Mutex::default(), pools }
+        Orchestrator {
+            provider,
+            store,
+            clock,
+            cfg,
+            clients: Mutex::default(),
+            activity: Mutex::default(),
+            pools,
+            admission: Mutex::default(),
+        }
     }
 
     pub fn provider(&self) -> &Arc<dyn SandboxProvider> {
@@ -209,16 +239,93 @@ impl Orchestrator {
     /// ready member of a matching warm pool when there is one, else a new one.
     pub async fn create(&self, req: CreateRequest) -> Result<WorkspaceRecord> {
         let size = req.size.unwrap_or(self.cfg.default_size);
-        if req.network.is_none() && req.tenant != pool::POOL_TENANT {
+        if req.tenant == pool::POOL_TENANT {
+            return self.create_new(req, None).await;
+        }
+        let lock = {
+            let mut m = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(req.tenant.clone()).or_default().clone()
+        };
+        let mut recent = lock.lock_owned().await;
+        self.check_quota(&req.tenant, &size, &mut recent).await?;
+        let now = self.clock.now_ms();
+        if req.network.is_none() {
             if let Some(rec) = self.claim(&req, size).await? {
+                recent.push_back(now);
                 return Ok(rec);
             }
         }
-        self.create_cold(req).await
+        self.create_new(req, Some(recent)).await
     }
 
-    /// Always makes a new workspace.
+    fn quota(&self, tenant: &str) -> &Quota {
+        self.cfg.tenant_quotas.get(tenant).unwrap_or(&self.cfg.default_quota)
+    }
+
+    /// Refuses a create that would take `tenant` over its quota.
+    async fn check_quota(&self, tenant: &str, size: &Size, recent: &mut std::collections::VecDeque<u64>) -> Result<()> {
+        let q = self.quota(tenant).clone();
+        if q == Quota::default() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        while recent.front().is_some_and(|t| *t + 60_000 <= now) {
+            recent.pop_front();
+        }
+        if let Some(max) = q.max_creates_per_minute {
+            if recent.len() >= max {
+                return Err(Error::QuotaExceeded(format!(
+                    "tenant {tenant} may create {max} workspaces a minute; try again shortly"
+                )));
+            }
+        }
+        let live: Vec<WorkspaceRecord> = self
+            .store
+            .list_workspaces()
+            .await?
+            .into_iter()
+            .filter(|r| r.tenant == tenant && r.state.is_live())
+            .collect();
+        if let Some(max) = q.max_workspaces {
+            if live.len() >= max {
+                return Err(Error::QuotaExceeded(format!(
+                    "tenant {tenant} has {} workspaces; its quota is {max}",
+                    live.len()
+                )));
+            }
+        }
+        if let Some(max) = q.max_millicpus {
+            let used: u64 = live.iter().map(|r| r.size.millicpus as u64).sum();
+            if used + size.millicpus as u64 > max {
+                return Err(Error::QuotaExceeded(format!(
+                    "tenant {tenant} uses {used} millicpus; {} more would pass its quota of {max}",
+                    size.millicpus
+                )));
+            }
+        }
+        if let Some(max) = q.max_memory_mib {
+            let used: u64 = live.iter().map(|r| r.size.memory_mib as u64).sum();
+            if used + size.memory_mib as u64 > max {
+                return Err(Error::QuotaExceeded(format!(
+                    "tenant {tenant} uses {used} MiB of memory; {} more would pass its quota of {max}",
+                    size.memory_mib
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Always makes a new workspace (no pool, no quota: for internal use).
     pub async fn create_cold(&self, req: CreateRequest) -> Result<WorkspaceRecord> {
+        self.create_new(req, None).await
+    }
+
+    /// Makes a new workspace; `admission` is released once its record is stored.
+    async fn create_new(
+        &self,
+        req: CreateRequest,
+        admission: Option<tokio::sync::OwnedMutexGuard<std::collections::VecDeque<u64>>>,
+    ) -> Result<WorkspaceRecord> {
         let size = req.size.unwrap_or(self.cfg.default_size);
         size.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let timeout = req.timeout.unwrap_or(self.cfg.default_timeout);
@@ -257,6 +364,10 @@ impl Orchestrator {
         self.store
             .insert_workspace(&rec, event(&rec, now, EventKind::Created { template: rec.template.clone() }))
             .await?;
+        if let Some(mut recent) = admission {
+            // Counted once admitted; released so the provider work runs in parallel.
+            recent.push_back(now);
+        }
         let spec = CreateSpec {
             id: rec.id.clone(),
             template: rec.template.clone(),

@@ -287,3 +287,59 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
         orch.kill(None, &r.id).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_and_change_nothing() {
+    use warren_orchestrator::Quota;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let mut tenant_quotas = std::collections::HashMap::new();
+    tenant_quotas.insert("small".to_string(), Quota { max_workspaces: Some(2), ..Quota::default() });
+    tenant_quotas.insert("slow".to_string(), Quota { max_creates_per_minute: Some(2), ..Quota::default() });
+    tenant_quotas
+        .insert("lean".to_string(), Quota { max_memory_mib: Some(600), max_millicpus: Some(5000), ..Quota::default() });
+    let cfg = Config { tenant_quotas, ..Config::default() };
+    let orch = Arc::new(Orchestrator::new(provider(dir.path()), store.clone(), clock.clone(), cfg));
+
+    // Five concurrent creates against a quota of two: exactly two succeed.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let orch = orch.clone();
+        tasks.push(tokio::spawn(async move { orch.create(req("small")).await }));
+    }
+    let mut ok = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => ok.push(r),
+            Err(Error::QuotaExceeded(m)) => assert!(m.contains("quota is 2"), "{m}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok.len(), 2);
+    let events = store.events_since(0, 1000).await.unwrap().len();
+    assert!(matches!(orch.create(req("small")).await, Err(Error::QuotaExceeded(_))));
+    assert_eq!(store.events_since(0, 1000).await.unwrap().len(), events, "a refused create logs nothing");
+    orch.kill(None, &ok[0].id).await.unwrap();
+    let again = orch.create(req("small")).await.unwrap();
+    // Other tenants are not affected.
+    let free = orch.create(req("unlimited")).await.unwrap();
+
+    // Rate: two a minute.
+    let a = orch.create(req("slow")).await.unwrap();
+    let b = orch.create(req("slow")).await.unwrap();
+    assert!(matches!(orch.create(req("slow")).await, Err(Error::QuotaExceeded(m)) if m.contains("a minute")));
+    clock.advance(Duration::from_secs(61));
+    let c = orch.create(req("slow")).await.unwrap();
+
+    // Resources: 512 MiB default size, 600 MiB allowed: the second one does not fit.
+    let l = orch.create(req("lean")).await.unwrap();
+    assert!(matches!(orch.create(req("lean")).await, Err(Error::QuotaExceeded(m)) if m.contains("MiB")));
+    let mut small = req("lean");
+    small.size = Some(warren_core::Size { memory_mib: 64, millicpus: 4000, ..warren_core::Size::default() });
+    assert!(matches!(orch.create(small).await, Err(Error::QuotaExceeded(m)) if m.contains("millicpus")));
+
+    for w in [&ok[1], &again, &free, &a, &b, &c, &l] {
+        orch.kill(None, &w.id).await.unwrap();
+    }
+}

@@ -106,7 +106,9 @@ struct NewSandbox {
 }
 
 fn no_retry(mut r: Response) -> Response {
-    if r.status().is_server_error() {
+    // A failed create is not replayed by the SDK (it retries 429/5xx by
+    // default): quotas do not clear in seconds, and creates are not idempotent.
+    if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS {
         r.headers_mut().insert("should-retry", HeaderValue::from_static("false"));
     }
     r

@@ -56,6 +56,7 @@ impl From<warren_orchestrator::Error> for ApiError {
             E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         ApiError::new(status, e.to_string())
     }

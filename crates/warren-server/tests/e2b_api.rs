@@ -198,3 +198,44 @@ async fn statuses_idempotency_pause_and_errors() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v, json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_answer_429_and_e2b_sdks_do_not_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    store.put_api_key(&auth::record(KEY, "t1", "k", false, 0)).await.unwrap();
+    let provider = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
+    let cfg = Config {
+        default_quota: warren_orchestrator::Quota { max_workspaces: Some(1), ..Default::default() },
+        ..Config::default()
+    };
+    let orch = Arc::new(Orchestrator::new(provider, store, Arc::new(SystemClock), cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warren_server::serve(
+        listener,
+        AppState::new(orch.clone(), Default::default()),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let first =
+        http.post(format!("{base}/v1/workspaces")).header("x-api-key", KEY).json(&json!({})).send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let r = http.post(format!("{base}/v1/workspaces")).header("x-api-key", KEY).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], 429);
+    assert!(v["message"].as_str().unwrap().contains("quota"), "{v}");
+    let r = http
+        .post(format!("{base}/v2/sandboxes"))
+        .header("x-api-key", KEY)
+        .json(&json!({"templateID": "base"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["should-retry"], "false");
+    for w in orch.list(None).await.unwrap() {
+        orch.kill(None, &w.id).await.unwrap();
+    }
+}
