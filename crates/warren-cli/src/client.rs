@@ -330,6 +330,43 @@ impl Client {
         Ok(0)
     }
 
+    pub async fn usage(&self, bucket: &str, from: Option<u64>, to: Option<u64>, csv: bool) -> Result<u8> {
+        let mut q = format!("/v1/usage?bucket={}", enc(bucket));
+        if let Some(f) = from {
+            q.push_str(&format!("&from={f}"));
+        }
+        if let Some(t) = to {
+            q.push_str(&format!("&to={t}"));
+        }
+        if csv {
+            let text = self.send(self.http.get(self.url(&format!("{q}&format=csv")))).await?.text().await?;
+            print!("{text}");
+            return Ok(0);
+        }
+        let rows: Vec<Value> = self.get(&q).await?;
+        if self.conn.json {
+            Self::print_json(&rows)?;
+            return Ok(0);
+        }
+        let f = |v: &Value| format!("{:.1}", v.as_f64().unwrap_or(0.0));
+        let table_rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let start = r["periodStartMs"].as_u64().unwrap_or(0);
+                vec![
+                    r["tenant"].as_str().unwrap_or("").into(),
+                    warren_proto::json::Millis(start).to_string(),
+                    f(&r["runningSeconds"]),
+                    f(&r["pausedSeconds"]),
+                    f(&r["vcpuSeconds"]),
+                    f(&r["gibSeconds"]),
+                ]
+            })
+            .collect();
+        table(&["TENANT", "PERIOD", "RUNNING S", "PAUSED S", "VCPU S", "GIB S"], &table_rows);
+        Ok(0)
+    }
+
     pub async fn pools(&self) -> Result<u8> {
         let all: Vec<Value> = self.get("/v1/pools").await?;
         if self.conn.json {

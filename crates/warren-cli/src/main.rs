@@ -63,6 +63,21 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<client::TemplateCmd>,
     },
+    /// Usage per tenant and period: running/paused seconds, vCPU- and GiB-seconds.
+    Usage {
+        /// hour, day or month.
+        #[arg(long, default_value = "day")]
+        bucket: String,
+        /// Unix seconds (default: 30 days ago).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Unix seconds (default: now).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Show warm pools (admin key).
     Pools,
     /// Manage API keys (admin key): `keys`, `keys create --tenant T`, `keys revoke PREFIX`.
@@ -90,6 +105,7 @@ fn main() -> ExitCode {
             Cmd::Serve(a) => serve::run(a).await.map(|_| 0),
             Cmd::Bench(a) => bench::run(a).await,
             Cmd::Pools => c()?.pools().await,
+            Cmd::Usage { bucket, from, to, csv } => c()?.usage(&bucket, from, to, csv).await,
             Cmd::Keys { action } => c()?.keys(action).await,
             Cmd::Create(a) => c()?.create(a).await,
             Cmd::Ls => c()?.ls().await,

@@ -15,6 +15,7 @@ use warren_provider::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxP
 use warren_store::{EventKind, NewEvent, StateStore, StoreError, WorkspaceRecord};
 
 pub mod pool;
+pub mod usage;
 
 /// How long a failed workspace stays listed (with its error) before it is purged.
 pub const FAILED_RETENTION_MS: u64 = 3_600_000;

@@ -450,6 +450,63 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Deserialize)]
+pub struct UsageQuery {
+    /// Unix seconds; default: 30 days ago.
+    pub from: Option<u64>,
+    /// Unix seconds; default: now.
+    pub to: Option<u64>,
+    /// hour | day | month (default day).
+    pub bucket: Option<String>,
+    /// json (default) | csv
+    pub format: Option<String>,
+}
+
+/// `GET /v1/usage`: running and paused seconds, vCPU- and GiB-seconds per
+/// tenant and period, derived from the event log. Tenants see their own;
+/// admins see every tenant and the pool's idle time (infrastructure).
+pub async fn usage(State(s): State<AppState>, caller: Caller, Query(q): Query<UsageQuery>) -> ApiResult<Response> {
+    use warren_orchestrator::usage::{rollup, Bucket};
+    let bucket = match q.bucket.as_deref().unwrap_or("day") {
+        "hour" => Bucket::Hour,
+        "day" => Bucket::Day,
+        "month" => Bucket::Month,
+        other => return Err(ApiError::bad_request(format!("bucket {other:?}: hour, day or month"))),
+    };
+    let now = s.orch.now_ms();
+    let to = q.to.map(|t| t.saturating_mul(1000)).unwrap_or(now);
+    let from = q.from.map(|t| t.saturating_mul(1000)).unwrap_or(now.saturating_sub(30 * 86_400_000));
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    let events = s
+        .orch
+        .store()
+        .events_since(0, usize::MAX)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let rows: Vec<_> = rollup(&events, now, from, to, bucket)
+        .into_iter()
+        .filter(|r| caller.admin || r.tenant == caller.tenant)
+        .collect();
+    if q.format.as_deref() == Some("csv") {
+        let mut out = String::from("tenant,period_start,running_seconds,paused_seconds,vcpu_seconds,gib_seconds\n");
+        for r in &rows {
+            out.push_str(&format!(
+                "{},{},{:.3},{:.3},{:.3},{:.3}\n",
+                r.tenant,
+                Millis(r.period_start_ms),
+                r.running_seconds,
+                r.paused_seconds,
+                r.vcpu_seconds,
+                r.gib_seconds
+            ));
+        }
+        return Ok(([(axum::http::header::CONTENT_TYPE, "text/csv")], out).into_response());
+    }
+    Ok(Json(rows).into_response())
+}
+
 /// `GET /v1/pools`: warm pools (admin).
 pub async fn pools(
     State(s): State<AppState>,

@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(e2b_api)
         .route("/v1/templates", get(api::templates))
         .route("/v1/pools", get(api::pools))
+        .route("/v1/usage", get(api::usage))
         .route("/v1/keys", post(api::create_key).get(api::list_keys))
         .route("/v1/keys/{prefix}", axum::routing::delete(api::revoke_key))
         .route("/v1/templates/{name}", post(api::import_template).layer(DefaultBodyLimit::disable()))

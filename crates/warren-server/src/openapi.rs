@@ -28,6 +28,12 @@ pub const ROUTES: &[(&str, &str, &str, u16)] = &[
     ("post", "/v1/keys", "Create an API key for a tenant (shown once); admin", 201),
     ("get", "/v1/keys", "List API keys (prefixes only); admin", 200),
     ("delete", "/v1/keys/{prefix}", "Revoke the keys with this prefix; admin", 204),
+    (
+        "get",
+        "/v1/usage",
+        "Usage per tenant and period (from, to in unix seconds; bucket hour|day|month; format json|csv)",
+        200,
+    ),
     ("get", "/v1/pools", "Warm pools: target, ready, warming, hits, misses, refill time; admin", 200),
     ("get", "/v1/health", "Health (no auth)", 200),
     ("get", "/v1/openapi.json", "This document (no auth)", 200),

@@ -481,3 +481,36 @@ async fn admins_manage_keys_and_tenants_cannot() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_derived_from_events_and_scoped_to_the_tenant() {
+    let s = start().await;
+    let alice = s.tenant_key("alice").await;
+    let bob = s.tenant_key("bob").await;
+    let ws = s.create(&alice).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let rows: Vec<Value> =
+        s.req(reqwest::Method::GET, "/v1/usage?bucket=hour", &alice).send().await.unwrap().json().await.unwrap();
+    let secs: f64 = rows.iter().map(|r| r["runningSeconds"].as_f64().unwrap()).sum();
+    assert!(secs >= 1.0, "{rows:?}");
+    assert!(rows.iter().all(|r| r["tenant"] == "alice"));
+    let vcpu: f64 = rows.iter().map(|r| r["vcpuSeconds"].as_f64().unwrap()).sum();
+    assert!((vcpu - secs * 2.0).abs() < 0.01, "default size is 2 vCPUs: {rows:?}");
+    let none: Vec<Value> = s.req(reqwest::Method::GET, "/v1/usage", &bob).send().await.unwrap().json().await.unwrap();
+    assert!(none.is_empty(), "bob sees nothing of alice's: {none:?}");
+    let csv = s.req(reqwest::Method::GET, "/v1/usage?format=csv", &s.admin).send().await.unwrap().text().await.unwrap();
+    assert!(csv.starts_with("tenant,period_start,") && csv.contains("alice,"), "{csv}");
+    let (code, _) = error_of(s.req(reqwest::Method::GET, "/v1/usage?bucket=week", &alice).send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    s.req(reqwest::Method::DELETE, &format!("/v1/workspaces/{}", ws["id"].as_str().unwrap()), &alice)
+        .send()
+        .await
+        .unwrap();
+    // After the kill the total no longer grows.
+    let a: Vec<Value> =
+        s.req(reqwest::Method::GET, "/v1/usage?bucket=month", &alice).send().await.unwrap().json().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let b: Vec<Value> =
+        s.req(reqwest::Method::GET, "/v1/usage?bucket=month", &alice).send().await.unwrap().json().await.unwrap();
+    assert_eq!(a, b);
+}

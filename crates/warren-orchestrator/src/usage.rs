@@ -1,0 +1,244 @@
+//! Usage derived from the durable event log: for every workspace, the time it
+//! ran and the time it was paused, on whose account, cut into hours, days or
+//! months. Pure: the same events always give the same numbers, so a restart
+//! can neither drop nor double a second.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use warren_core::{Size, State};
+use warren_store::{Event, EventKind};
+
+use crate::pool::POOL_TENANT;
+
+/// How usage is grouped in time (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    Hour,
+    Day,
+    Month,
+}
+
+/// Usage of one tenant in one period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRow {
+    pub tenant: String,
+    /// Start of the period, ms since the epoch (UTC).
+    pub period_start_ms: u64,
+    pub running_seconds: f64,
+    pub paused_seconds: f64,
+    /// Running seconds times vCPUs (millicpus / 1000).
+    pub vcpu_seconds: f64,
+    /// Running seconds times GiB of memory.
+    pub gib_seconds: f64,
+}
+
+/// One stretch of time a workspace spent running or paused for a tenant.
+#[derive(Debug, Clone, PartialEq)]
+struct Span {
+    tenant: String,
+    size: Size,
+    paused: bool,
+    from: u64,
+    to: u64,
+}
+
+fn spans(events: &[Event], now_ms: u64) -> Vec<Span> {
+    struct Open {
+        tenant: String,
+        size: Size,
+        state: State,
+        since: u64,
+    }
+    let mut open: BTreeMap<String, Open> = BTreeMap::new();
+    let mut out = Vec::new();
+    let close = |o: &Open, at: u64, out: &mut Vec<Span>| {
+        if matches!(o.state, State::Running | State::Paused) && at > o.since {
+            out.push(Span {
+                tenant: o.tenant.clone(),
+                size: o.size,
+                paused: o.state == State::Paused,
+                from: o.since,
+                to: at,
+            });
+        }
+    };
+    for e in events {
+        let id = e.event.workspace.to_string();
+        let at = e.event.at_ms;
+        match &e.event.kind {
+            EventKind::Created { .. } => {
+                open.insert(
+                    id,
+                    Open { tenant: e.event.tenant.clone(), size: e.event.size, state: State::Creating, since: at },
+                );
+            }
+            EventKind::State { to, .. } => {
+                if let Some(o) = open.get_mut(&id) {
+                    close(o, at, &mut out);
+                    o.state = *to;
+                    o.since = at;
+                }
+            }
+            EventKind::Claimed { tenant } => {
+                if let Some(o) = open.get_mut(&id) {
+                    close(o, at, &mut out);
+                    o.tenant = tenant.clone();
+                    o.since = at;
+                }
+            }
+            EventKind::Timeout { .. } => {}
+        }
+    }
+    for o in open.values() {
+        close(o, now_ms, &mut out);
+    }
+    out
+}
+
+/// Start of the period holding `ms`, and the start of the next one.
+fn period(ms: u64, b: Bucket) -> (u64, u64) {
+    const H: u64 = 3_600_000;
+    const D: u64 = 24 * H;
+    match b {
+        Bucket::Hour => (ms / H * H, ms / H * H + H),
+        Bucket::Day => (ms / D * D, ms / D * D + D),
+        Bucket::Month => {
+            let days = (ms / D) as i64;
+            let (y, m) = year_month(days);
+            let start = days_from_civil(y, m) as u64 * D;
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            (start, days_from_civil(ny, nm) as u64 * D)
+        }
+    }
+}
+
+fn year_month(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400;
+    (if m <= 2 { y + 1 } else { y }, m)
+}
+
+/// Days since 1970-01-01 of the first of month `m` of year `y`.
+fn days_from_civil(y: i64, m: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Usage per tenant and period over `[from_ms, to_ms)`, from the event log
+/// read up to `now_ms` (open stretches end there). Pool time is reported
+/// under the pool's pseudo-tenant: it is infrastructure, not tenant usage.
+pub fn rollup(events: &[Event], now_ms: u64, from_ms: u64, to_ms: u64, bucket: Bucket) -> Vec<UsageRow> {
+    let mut rows: BTreeMap<(String, u64), UsageRow> = BTreeMap::new();
+    for s in spans(events, now_ms) {
+        let (mut a, b) = (s.from.max(from_ms), s.to.min(to_ms));
+        while a < b {
+            let (start, next) = period(a, bucket);
+            let end = b.min(next);
+            let secs = (end - a) as f64 / 1000.0;
+            let row = rows.entry((s.tenant.clone(), start)).or_insert_with(|| UsageRow {
+                tenant: s.tenant.clone(),
+                period_start_ms: start,
+                ..Default::default()
+            });
+            if s.paused {
+                row.paused_seconds += secs;
+            } else {
+                row.running_seconds += secs;
+                row.vcpu_seconds += secs * s.size.millicpus as f64 / 1000.0;
+                row.gib_seconds += secs * s.size.memory_mib as f64 / 1024.0;
+            }
+            a = end;
+        }
+    }
+    rows.into_values().collect()
+}
+
+/// Whether a row is infrastructure (idle pool members), not a tenant's.
+pub fn is_infrastructure(row: &UsageRow) -> bool {
+    row.tenant == POOL_TENANT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_core::WorkspaceId;
+    use warren_store::NewEvent;
+
+    fn ev(seq: u64, at: u64, ws: &WorkspaceId, tenant: &str, kind: EventKind) -> Event {
+        let size = Size { millicpus: 2000, memory_mib: 1024, disk_mib: 1024, pids: 100 };
+        Event { seq, event: NewEvent { at_ms: at, workspace: ws.clone(), tenant: tenant.into(), size, kind } }
+    }
+
+    fn st(from: State, to: State) -> EventKind {
+        EventKind::State { from, to }
+    }
+
+    #[test]
+    fn running_and_paused_seconds_per_tenant_and_hour() {
+        let w = WorkspaceId::generate();
+        let h = 3_600_000u64;
+        let evs = vec![
+            ev(1, 0, &w, "a", EventKind::Created { template: "base".into() }),
+            ev(2, 1_000, &w, "a", st(State::Creating, State::Running)),
+            ev(3, h + 1_000, &w, "a", st(State::Running, State::Paused)),
+            ev(4, h + 31_000, &w, "a", st(State::Paused, State::Running)),
+            ev(5, h + 91_000, &w, "a", st(State::Running, State::Stopping)),
+            ev(6, h + 92_000, &w, "a", st(State::Stopping, State::Stopped)),
+        ];
+        let rows = rollup(&evs, 10 * h, 0, u64::MAX, Bucket::Hour);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].period_start_ms, 0);
+        assert_eq!(rows[0].running_seconds, 3599.0);
+        assert_eq!(rows[1].running_seconds, 1.0 + 60.0);
+        assert_eq!(rows[1].paused_seconds, 30.0);
+        assert_eq!(rows[0].vcpu_seconds, 3599.0 * 2.0);
+        assert_eq!(rows[0].gib_seconds, 3599.0);
+        // The same events, read again (after a restart), give the same numbers.
+        assert_eq!(rollup(&evs, 10 * h, 0, u64::MAX, Bucket::Hour), rows);
+        let day = rollup(&evs, 10 * h, 0, u64::MAX, Bucket::Day);
+        assert_eq!(day.len(), 1);
+        assert_eq!(day[0].running_seconds, 3660.0);
+    }
+
+    #[test]
+    fn open_stretches_end_now_windows_clip_and_claims_switch_tenants() {
+        let w = WorkspaceId::generate();
+        let evs = vec![
+            ev(1, 0, &w, POOL_TENANT, EventKind::Created { template: "base".into() }),
+            ev(2, 0, &w, POOL_TENANT, st(State::Creating, State::Running)),
+            ev(3, 10_000, &w, "alice", EventKind::Claimed { tenant: "alice".into() }),
+        ];
+        let rows = rollup(&evs, 70_000, 0, u64::MAX, Bucket::Day);
+        let pool: f64 = rows.iter().filter(|r| is_infrastructure(r)).map(|r| r.running_seconds).sum();
+        let alice: f64 = rows.iter().filter(|r| r.tenant == "alice").map(|r| r.running_seconds).sum();
+        assert_eq!((pool, alice), (10.0, 60.0));
+        let clipped = rollup(&evs, 70_000, 40_000, 50_000, Bucket::Day);
+        assert_eq!(clipped.len(), 1);
+        assert_eq!(clipped[0].running_seconds, 10.0);
+    }
+
+    #[test]
+    fn months_have_their_real_lengths() {
+        // 2024-02-01 and 2024-03-01 (leap year).
+        let feb = days_from_civil(2024, 2) as u64 * 86_400_000;
+        let mar = days_from_civil(2024, 3) as u64 * 86_400_000;
+        assert_eq!((mar - feb) / 86_400_000, 29);
+        assert_eq!(period(feb + 5, Bucket::Month), (feb, mar));
+        assert_eq!(period(mar - 1, Bucket::Month), (feb, mar));
+        assert_eq!(days_from_civil(1970, 1), 0);
+    }
+}
