@@ -472,13 +472,22 @@ impl Orchestrator {
         if !matches!(rec.state, State::Running | State::Paused) {
             return Err(Error::Conflict(format!("workspace {id} is {}", rec.state.as_str())));
         }
-        let until = self.clock.now_ms() + t.as_millis() as u64;
+        self.set_expiry(id, t, false).await
+    }
+
+    /// Moves the expiry to `t` from now (only later, with `extend_only`),
+    /// logging a Timeout event when it changes.
+    async fn set_expiry(&self, id: &WorkspaceId, t: Duration, extend_only: bool) -> Result<WorkspaceRecord> {
         let now = self.clock.now_ms();
+        let until = now + t.as_millis() as u64;
         let (rec, _) = self
             .store
             .update_workspace(
                 id,
                 Box::new(move |r| {
+                    if extend_only && until <= r.expires_at_ms {
+                        return Ok(None);
+                    }
                     r.expires_at_ms = until;
                     r.updated_at_ms = now;
                     Ok(Some(event(r, now, EventKind::Timeout { expires_at_ms: until })))
@@ -505,25 +514,7 @@ impl Orchestrator {
         if rec.state != State::Running {
             return Err(Error::Conflict(format!("workspace {id} is {}", rec.state.as_str())));
         }
-        let until = self.clock.now_ms() + t.as_millis() as u64;
-        if until > rec.expires_at_ms {
-            let now = self.clock.now_ms();
-            let (r, _) = self
-                .store
-                .update_workspace(
-                    id,
-                    Box::new(move |r| {
-                        if until <= r.expires_at_ms {
-                            return Ok(None);
-                        }
-                        r.expires_at_ms = until;
-                        r.updated_at_ms = now;
-                        Ok(Some(event(r, now, EventKind::Timeout { expires_at_ms: until })))
-                    }),
-                )
-                .await?;
-            rec = r;
-        }
+        let rec = self.set_expiry(id, t, true).await?;
         Ok((rec, resumed))
     }
 
