@@ -384,7 +384,13 @@ async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let pools = if target > 0 {
-            vec![warren_orchestrator::pool::PoolSpec { template: "base".into(), size: None, target }]
+            vec![warren_orchestrator::pool::PoolSpec {
+                template: "base".into(),
+                size: None,
+                target,
+                min: None,
+                max: None,
+            }]
         } else {
             vec![]
         };

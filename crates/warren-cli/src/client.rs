@@ -376,19 +376,48 @@ impl Client {
         let rows: Vec<Vec<String>> = all
             .iter()
             .map(|p| {
+                let target = if p["adaptive"].as_bool() == Some(true) {
+                    format!("{} ({}-{})", p["target"], p["min"], p["max"])
+                } else {
+                    p["target"].to_string()
+                };
+                let counts: Vec<u64> = p["claimLatencyCounts"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                    .unwrap_or_default();
                 vec![
                     p["template"].as_str().unwrap_or("").into(),
                     format!("{}", p["size"]["memoryMib"]),
-                    p["target"].to_string(),
+                    target,
                     p["ready"].to_string(),
                     p["warming"].to_string(),
                     p["hits"].to_string(),
                     p["misses"].to_string(),
+                    format!("{}", p["drained"].as_u64().unwrap_or(0) + p["shrunk"].as_u64().unwrap_or(0)),
                     p["refillMs"].to_string(),
+                    format!("{:.2}", p["claimRate"].as_f64().unwrap_or(0.0)),
+                    claim_quantile(&counts, 0.5),
+                    claim_quantile(&counts, 0.99),
                 ]
             })
             .collect();
-        table(&["TEMPLATE", "MEMORY MIB", "TARGET", "READY", "WARMING", "HITS", "MISSES", "REFILL MS"], &rows);
+        table(
+            &[
+                "TEMPLATE",
+                "MEMORY MIB",
+                "TARGET",
+                "READY",
+                "WARMING",
+                "HITS",
+                "MISSES",
+                "DRAINED",
+                "REFILL MS",
+                "CLAIMS/S",
+                "CLAIM P50",
+                "CLAIM P99",
+            ],
+            &rows,
+        );
         Ok(0)
     }
 
@@ -712,5 +741,42 @@ impl Drop for RawMode {
         if let Some(orig) = &self.0 {
             let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, orig);
         }
+    }
+}
+
+/// The bucket bound under which a fraction `q` of the claims finished, from
+/// the pool's claim-latency histogram ("-" before any claim).
+fn claim_quantile(counts: &[u64], q: f64) -> String {
+    let n: u64 = counts.iter().sum();
+    if n == 0 {
+        return "-".into();
+    }
+    let want = (n as f64 * q).ceil() as u64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= want {
+            return match warren_orchestrator::pool::CLAIM_BUCKETS_MS.get(i) {
+                Some(b) => format!("<{b}ms"),
+                None => format!(">{}ms", warren_orchestrator::pool::CLAIM_BUCKETS_MS.last().copied().unwrap_or(0)),
+            };
+        }
+    }
+    "-".into()
+}
+
+#[cfg(test)]
+mod pool_tests {
+    #[test]
+    fn claim_quantiles_read_the_histogram() {
+        assert_eq!(super::claim_quantile(&[], 0.5), "-");
+        // 90 claims under 1 ms, 9 under 5 ms, 1 over 5 s.
+        let mut c = vec![0u64; 11];
+        c[0] = 90;
+        c[2] = 9;
+        c[10] = 1;
+        assert_eq!(super::claim_quantile(&c, 0.5), "<1ms");
+        assert_eq!(super::claim_quantile(&c, 0.99), "<5ms");
+        assert_eq!(super::claim_quantile(&c, 1.0), ">5000ms");
     }
 }

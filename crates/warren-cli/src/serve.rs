@@ -46,7 +46,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Warm pools: `[[pools]]` tables with `template`, `target` and an
-    /// optional `size` ({millicpus, memoryMib, diskMib, pids}).
+    /// optional `size` ({millicpus, memoryMib, diskMib, pids}); with `max`
+    /// (and optionally `min`) the target adapts to demand.
     pub pools: Vec<warren_orchestrator::pool::PoolSpec>,
     /// Limits for every tenant: `[default_quota]` with max_workspaces,
     /// max_millicpus, max_memory_mib, max_creates_per_minute (all optional).

@@ -6,7 +6,10 @@
 //! - [`State`] and [`State::can_become`]: the lifecycle state machine.
 //! - [`Clock`]: time, owned by a trait so pools, reaper and metering can run
 //!   on a manual clock in tests and simulations.
+//! - [`autoscale::PoolPolicy`]: the warm-pool sizing policy, pure and
+//!   clock-driven, shared by the orchestrator and the cost simulator.
 
+pub mod autoscale;
 mod clock;
 mod id;
 mod size;

@@ -226,7 +226,10 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let clock = Arc::new(warren_core::SystemClock);
-    let cfg = Config { pools: vec![PoolSpec { template: "base".into(), size: None, target: 3 }], ..Config::default() };
+    let cfg = Config {
+        pools: vec![PoolSpec { template: "base".into(), size: None, target: 3, min: None, max: None }],
+        ..Config::default()
+    };
     let orch = Arc::new(Orchestrator::new(provider(&root), Arc::new(MemoryStore::new()), clock, cfg));
     let wait_ready = |n: usize| {
         let orch = orch.clone();
@@ -341,5 +344,107 @@ async fn quotas_refuse_and_change_nothing() {
 
     for w in [&ok[1], &again, &free, &a, &b, &c, &l] {
         orch.kill(None, &w.id).await.unwrap();
+    }
+}
+
+async fn fill_pool(orch: &Arc<Orchestrator>, n: usize) -> Vec<warren_orchestrator::pool::PoolStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        orch.refill_pools().await;
+        let st = orch.pool_status().await.unwrap();
+        if st[0].ready >= n && st[0].warming == 0 {
+            return st;
+        }
+        assert!(std::time::Instant::now() < deadline, "pool did not fill: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_drains_members_of_an_old_template_revision() {
+    use warren_orchestrator::pool::PoolSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
+    let cfg = Config {
+        pools: vec![PoolSpec { template: "base".into(), size: None, target: 2, min: None, max: None }],
+        ..Config::default()
+    };
+    let orch = Arc::new(Orchestrator::new(
+        fake.clone(),
+        Arc::new(MemoryStore::new()),
+        Arc::new(warren_core::SystemClock),
+        cfg,
+    ));
+    fill_pool(&orch, 2).await;
+    let old: Vec<WorkspaceId> = orch.store().list_workspaces().await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(old.len(), 2);
+
+    fake.set_revision("2");
+    let st = fill_pool(&orch, 2).await;
+    assert_eq!(st[0].drained, 2, "{st:?}");
+    let live: Vec<_> =
+        orch.store().list_workspaces().await.unwrap().into_iter().filter(|r| r.state.is_live()).collect();
+    assert_eq!(live.len(), 2);
+    for r in &live {
+        assert!(!old.contains(&r.id), "an old member survived the template change");
+        assert_eq!(r.metadata.get("revision").map(String::as_str), Some("2"));
+    }
+    // The old members are really gone from the backend.
+    for id in &old {
+        assert!(matches!(fake.inspect(id).await, Err(warren_provider::ProviderError::NotFound(_))));
+    }
+    // A claim now hands out a member of the new revision.
+    let got = orch.create(req("t")).await.unwrap();
+    assert_eq!(got.metadata.get("revision"), None, "the tenant's metadata replaces the pool's");
+    assert!(live.iter().any(|r| r.id == got.id));
+    for r in orch.store().list_workspaces().await.unwrap() {
+        let _ = orch.kill_any(&r.id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_pool_grows_with_demand_and_shrinks_when_it_stops() {
+    use warren_orchestrator::pool::PoolSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let spec = PoolSpec { template: "base".into(), size: None, target: 0, min: Some(0), max: Some(6) };
+    let cfg = Config { pools: vec![spec], ..Config::default() };
+    let orch = Arc::new(Orchestrator::new(provider(dir.path()), Arc::new(MemoryStore::new()), clock.clone(), cfg));
+    let st = orch.pool_status().await.unwrap();
+    assert_eq!((st[0].target, st[0].adaptive), (0, true));
+    orch.refill_pools().await;
+    assert_eq!(orch.pool_status().await.unwrap()[0].warming, 0, "no demand, no members");
+
+    // Three creates in one slot: all misses, and demand is now visible.
+    let mut made = Vec::new();
+    for i in 0..3 {
+        made.push(orch.create(req(&format!("t{i}"))).await.unwrap());
+    }
+    let st = orch.pool_status().await.unwrap();
+    assert_eq!(st[0].misses, 3);
+    assert!(st[0].claim_rate > 0.0);
+    // 0.3/s x 1 s refill guess = 0.3, plus 2.33·√0.3 → 2.
+    assert_eq!(st[0].target, 2, "{st:?}");
+    // Refills measure the real refill time (tens of ms here), which lowers
+    // λ·T: the pool settles at a smaller, still non-empty target.
+    let st = fill_pool(&orch, 1).await;
+    assert!(st[0].refill_ms < 1_000 && st[0].target >= 1, "{st:?}");
+    let kept = st[0].ready;
+
+    // Five minutes without claims: the target falls back to min and the
+    // surplus members are given back.
+    clock.advance(Duration::from_secs(301));
+    let st = orch.pool_status().await.unwrap();
+    assert_eq!(st[0].target, 0, "{st:?}");
+    orch.refill_pools().await;
+    let st = orch.pool_status().await.unwrap();
+    assert_eq!(st[0].ready, 0, "{st:?}");
+    assert!(st[0].shrunk >= kept as u64, "{st:?}");
+    assert!(orch.store().list_workspaces().await.unwrap().iter().all(|r| r.tenant != "__pool__" || !r.state.is_live()));
+    for r in made {
+        orch.kill(None, &r.id).await.unwrap();
+    }
+    for r in orch.store().list_workspaces().await.unwrap() {
+        let _ = orch.kill_any(&r.id).await;
     }
 }

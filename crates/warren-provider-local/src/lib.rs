@@ -348,6 +348,7 @@ impl SandboxProvider for LocalProvider {
         let mut out = vec![TemplateInfo {
             name: "base".into(),
             description: "the host's own system directories, read-only; user `user` (uid 1000) and root".into(),
+            revision: "base".into(),
         }];
         for t in oci::list(&self.templates_dir()) {
             out.push(TemplateInfo {
@@ -356,6 +357,7 @@ impl SandboxProvider for LocalProvider {
                     if t.source.is_empty() { "(untagged)" } else { &t.source },
                     t.layers.len()
                 ),
+                revision: t.revision(),
                 name: t.name,
             });
         }
@@ -377,7 +379,11 @@ impl SandboxProvider for LocalProvider {
             }
             _ => ProviderError::Internal(format!("importing: {e}")),
         })?;
-        Ok(TemplateInfo { description: format!("OCI image ({} layers)", t.layers.len()), name: t.name })
+        Ok(TemplateInfo {
+            description: format!("OCI image ({} layers)", t.layers.len()),
+            revision: t.revision(),
+            name: t.name,
+        })
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<SandboxInfo> {

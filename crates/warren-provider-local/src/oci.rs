@@ -295,6 +295,22 @@ pub fn load(root: &Path, name: &str) -> io::Result<ImageTemplate> {
 }
 
 /// Every imported template.
+impl ImageTemplate {
+    /// A short digest of everything a workspace gets from this template.
+    pub fn revision(&self) -> String {
+        let mut h = sha2::Sha256::new();
+        for l in &self.layers {
+            h.update(l.as_bytes());
+            h.update(b"\n");
+        }
+        for (k, v) in &self.env {
+            h.update(format!("env {k}={v}\n").as_bytes());
+        }
+        h.update(format!("workdir {:?}\nuser {:?}\n", self.workdir, self.user).as_bytes());
+        h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 pub fn list(root: &Path) -> Vec<ImageTemplate> {
     let Ok(rd) = fs::read_dir(root.join("images")) else { return vec![] };
     let mut out: Vec<ImageTemplate> = rd

@@ -39,12 +39,23 @@ pub struct ProcessProvider {
     root: PathBuf,
     agent: PathBuf,
     children: Mutex<HashMap<WorkspaceId, tokio::process::Child>>,
+    revision: Mutex<String>,
 }
 
 impl ProcessProvider {
     /// `root` holds one directory per workspace; `agent` is the agent binary.
     pub fn new(root: impl Into<PathBuf>, agent: impl Into<PathBuf>) -> Self {
-        ProcessProvider { root: root.into(), agent: agent.into(), children: Mutex::default() }
+        ProcessProvider {
+            root: root.into(),
+            agent: agent.into(),
+            children: Mutex::default(),
+            revision: Mutex::new("1".into()),
+        }
+    }
+
+    /// Pretends the template changed (tests of pool draining).
+    pub fn set_revision(&self, revision: &str) {
+        *self.revision.lock().unwrap_or_else(|p| p.into_inner()) = revision.into();
     }
 
     fn dir(&self, id: &WorkspaceId) -> PathBuf {
@@ -121,7 +132,11 @@ impl SandboxProvider for ProcessProvider {
     }
 
     async fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        Ok(vec![TemplateInfo { name: TEMPLATE.into(), description: "the host itself, no isolation (fake)".into() }])
+        Ok(vec![TemplateInfo {
+            name: TEMPLATE.into(),
+            description: "the host itself, no isolation (fake)".into(),
+            revision: self.revision.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }])
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<SandboxInfo> {

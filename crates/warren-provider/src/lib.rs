@@ -131,6 +131,10 @@ pub struct Stats {
 pub struct TemplateInfo {
     pub name: String,
     pub description: String,
+    /// Changes whenever the template's content changes (a re-import, a new
+    /// image): warm pools drain members built from an older revision.
+    #[serde(default)]
+    pub revision: String,
 }
 
 /// Classified backend failures: the orchestrator decides on retries and HTTP

@@ -100,6 +100,9 @@ pub async fn scrape(State(s): State<AppState>) -> Response {
             ("warren_pool_hits_total", |p| p.hits),
             ("warren_pool_misses_total", |p| p.misses),
             ("warren_pool_refill_ms", |p| p.refill_ms),
+            ("warren_pool_drained_total", |p| p.drained),
+            ("warren_pool_shrunk_total", |p| p.shrunk),
+            ("warren_pool_claim_rate_millis", |p| (p.claim_rate * 1000.0) as u64),
         ] {
             out.push_str(&format!("# TYPE {name} {}\n", if name.ends_with("_total") { "counter" } else { "gauge" }));
             for p in &pools {
@@ -110,6 +113,25 @@ pub async fn scrape(State(s): State<AppState>) -> Response {
                     f(p)
                 ));
             }
+        }
+        out.push_str("# TYPE warren_pool_claim_seconds histogram\n");
+        for p in &pools {
+            let labels = format!("template=\"{}\",memory_mib=\"{}\"", p.template, p.size.memory_mib);
+            let mut cumulative = 0;
+            for (i, b) in warren_orchestrator::pool::CLAIM_BUCKETS_MS.iter().enumerate() {
+                cumulative += p.claim_latency_counts.get(i).copied().unwrap_or(0);
+                out.push_str(&format!(
+                    "warren_pool_claim_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}\n",
+                    *b as f64 / 1000.0
+                ));
+            }
+            let n: u64 = p.claim_latency_counts.iter().sum();
+            out.push_str(&format!("warren_pool_claim_seconds_bucket{{{labels},le=\"+Inf\"}} {n}\n"));
+            out.push_str(&format!(
+                "warren_pool_claim_seconds_sum{{{labels}}} {}\n",
+                p.claim_latency_sum_us as f64 / 1e6
+            ));
+            out.push_str(&format!("warren_pool_claim_seconds_count{{{labels}}} {n}\n"));
         }
     }
     if let Ok(all) = s.orch.list(None).await {
