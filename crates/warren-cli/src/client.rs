@@ -367,6 +367,63 @@ impl Client {
         Ok(0)
     }
 
+    pub async fn invoice(&self, month: Option<String>) -> Result<u8> {
+        let q = match &month {
+            Some(m) => format!("/v1/invoice?month={}", enc(m)),
+            None => "/v1/invoice".to_string(),
+        };
+        let inv: Value = self.get(&q).await?;
+        if self.conn.json {
+            Self::print_json(&inv)?;
+            return Ok(0);
+        }
+        let f1 = |v: &Value| format!("{:.1}", v.as_f64().unwrap_or(0.0));
+        let yen = |v: &Value| format!("¥{:.0}", v.as_f64().unwrap_or(0.0));
+        let pct = |v: &Value| v.as_f64().map(|m| format!("{m:.1}%")).unwrap_or_else(|| "-".into());
+        let admin = inv.get("infrastructure").is_some();
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let mut push = |l: &Value| {
+            let mut row = vec![
+                l["tenant"].as_str().unwrap_or("").to_string(),
+                l["class"].as_str().unwrap_or("").to_string(),
+                f1(&l["runningHours"]),
+                f1(&l["pausedHours"]),
+                f1(&l["vcpuHours"]),
+                yen(&l["revenueJpy"]),
+            ];
+            if admin {
+                row.extend([format!("${:.2}", l["costUsd"].as_f64().unwrap_or(0.0)), pct(&l["marginPct"])]);
+            }
+            rows.push(row);
+        };
+        for l in inv["lines"].as_array().into_iter().flatten() {
+            push(l);
+        }
+        if admin {
+            push(&inv["infrastructure"]);
+        }
+        println!(
+            "invoice preview for {} (infrastructure priced as {}, ¥{}/$)",
+            inv["month"].as_str().unwrap_or("?"),
+            inv["setup"].as_str().unwrap_or("?"),
+            inv["jpyPerUsd"]
+        );
+        let mut head = vec!["TENANT", "CLASS", "RUNNING H", "PAUSED H", "VCPU H", "REVENUE"];
+        if admin {
+            head.extend(["COST", "MARGIN"]);
+        }
+        table(&head, &rows);
+        if admin {
+            println!(
+                "total: revenue {}, cost {}, gross margin {}",
+                yen(&inv["revenueJpy"]),
+                yen(&inv["costJpy"]),
+                pct(&inv["marginPct"])
+            );
+        }
+        Ok(0)
+    }
+
     pub async fn pools(&self) -> Result<u8> {
         let all: Vec<Value> = self.get("/v1/pools").await?;
         if self.conn.json {

@@ -6,6 +6,7 @@
 
 mod bench;
 mod client;
+mod cost;
 mod serve;
 
 use std::process::ExitCode;
@@ -87,6 +88,14 @@ enum Cmd {
     },
     /// Run benchmarks with their peers side by side (root; local provider).
     Bench(bench::BenchArgs),
+    /// The design study's cost tables from the price catalog; `cost simulate` for fleet simulations.
+    Cost(cost::CostArgs),
+    /// Invoice preview and gross margin per tenant from metered usage (admin key: every tenant).
+    Invoice {
+        /// Month, YYYY-MM (default: the current one).
+        #[arg(long)]
+        month: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -104,6 +113,8 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve(a) => serve::run(a).await.map(|_| 0),
             Cmd::Bench(a) => bench::run(a).await,
+            Cmd::Cost(a) => cost::run(a, conn.json),
+            Cmd::Invoice { month } => c()?.invoice(month).await,
             Cmd::Pools => c()?.pools().await,
             Cmd::Usage { bucket, from, to, csv } => c()?.usage(&bucket, from, to, csv).await,
             Cmd::Keys { action } => c()?.keys(action).await,

@@ -54,6 +54,14 @@ pub struct Config {
     pub default_quota: warren_orchestrator::Quota,
     /// Per-tenant limits: `[tenant_quotas.<tenant>]`, same keys.
     pub tenant_quotas: std::collections::HashMap<String, warren_orchestrator::Quota>,
+    /// Price catalog for invoices (default: the one shipped with warren).
+    pub cost_catalog: Option<PathBuf>,
+    /// Which catalog setup this deployment's infrastructure costs like.
+    pub cost_setup: String,
+    /// The class (price per workspace-hour) of tenants not in `tenant_classes`.
+    pub default_class: String,
+    /// `[tenant_classes]`: tenant = class name from the catalog.
+    pub tenant_classes: std::collections::HashMap<String, String>,
 }
 
 impl Default for Config {
@@ -74,6 +82,10 @@ impl Default for Config {
             pools: Vec::new(),
             default_quota: Default::default(),
             tenant_quotas: Default::default(),
+            cost_catalog: None,
+            cost_setup: "ecs-ec2-od".into(),
+            default_class: "standard".into(),
+            tenant_classes: Default::default(),
         }
     }
 }
@@ -144,7 +156,24 @@ fn validate(cfg: &Config) -> Result<()> {
     if !cfg.data_dir.is_absolute() {
         bail!("data_dir = {}: must be an absolute path", cfg.data_dir.display());
     }
+    cost_config(cfg)?;
     Ok(())
+}
+
+/// The price catalog and classes invoices are computed with.
+fn cost_config(cfg: &Config) -> Result<warren_server::CostConfig> {
+    let catalog = match &cfg.cost_catalog {
+        Some(p) => warren_cost::Catalog::load(p)?,
+        None => warren_cost::Catalog::embedded(),
+    };
+    let c = warren_server::CostConfig {
+        catalog,
+        setup: cfg.cost_setup.clone(),
+        default_class: cfg.default_class.clone(),
+        tenant_classes: cfg.tenant_classes.clone(),
+    };
+    c.validate().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(c)
 }
 
 fn sibling(name: &str) -> Result<PathBuf> {
@@ -267,7 +296,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let reaper = orch.spawn_reaper();
-    let state = AppState::new(orch.clone(), warren_server::e2b::E2bConfig { domain: cfg.e2b_domain.clone() });
+    let state = AppState::new(orch.clone(), warren_server::e2b::E2bConfig { domain: cfg.e2b_domain.clone() })
+        .with_cost(cost_config(&cfg)?);
     if let Some(key) = created_key {
         println!("admin API key (shown once, also in {}): {key}", cfg.data_dir.join("admin.key").display());
     }

@@ -177,6 +177,7 @@ fn kill_9_and_restart_lose_nothing() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut s = serve(data.path(), port);
+    let started = Instant::now();
     let a = ok(&cli(&s, &["create"], None));
     let b = ok(&cli(&s, &["create"], None));
     ok(&cli(&s, &["exec", &a, "echo kept > ~/state.txt"], None));
@@ -191,7 +192,15 @@ fn kill_9_and_restart_lose_nothing() {
     // Nothing orphaned: one backend workspace per record.
     assert_eq!(workspace_dirs(data.path()).len(), 2);
     ok(&cli(&s, &["kill", &a, &b], None));
+    let lived = started.elapsed().as_secs_f64();
     assert_eq!(workspace_dirs(data.path()).len(), 0);
+    // Metering across the kill -9: both workspaces ran the whole time, no
+    // second lost while the server was down, none counted twice.
+    let usage: serde_json::Value =
+        serde_json::from_str(&ok(&cli(&s, &["--json", "usage", "--bucket", "month"], None))).unwrap();
+    let running: f64 = usage.as_array().unwrap().iter().map(|r| r["runningSeconds"].as_f64().unwrap()).sum();
+    assert!(running <= 2.0 * lived + 0.01, "counted twice? {running} s metered for 2 x {lived} s");
+    assert!(running >= 2.0 * lived - 2.0, "lost time? {running} s metered for 2 x {lived} s");
     // SIGTERM shuts the server down cleanly.
     let mut s = s;
     Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
@@ -227,4 +236,38 @@ fn bad_configuration_is_refused_clearly() {
     let o = Command::new(bin()).args(["serve", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bogus_key"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn cost_tables_simulation_and_bad_input() {
+    let o = Command::new(bin()).args(["cost"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("$16,134") && out.contains("Where the study disagrees with itself"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("day.svg");
+    let o = Command::new(bin())
+        .args(["--json", "cost", "simulate", "--setup", "ecs-ec2-ri", "--days", "2", "--peak", "40", "--svg"])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["setup"], "ecs-ec2-ri");
+    assert!(v[0]["sessions"].as_u64().unwrap() > 0 && v[0]["instanceHours"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+
+    for (args, needle) in [
+        (vec!["cost", "--catalog", "/nonexistent.toml"], "/nonexistent.toml"),
+        (vec!["cost", "simulate", "--setup", "mainframe"], "unknown setup \"mainframe\""),
+        (vec!["cost", "simulate", "--pool", "9:1"], "min is above max"),
+        (vec!["cost", "simulate", "--profile", "weekly"], "business-hours or burst"),
+        (vec!["cost", "--price=-5"], "--price must be positive"),
+    ] {
+        let o = Command::new(bin()).args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }

@@ -115,6 +115,28 @@ fn period(ms: u64, b: Bucket) -> (u64, u64) {
     }
 }
 
+/// `[start, end)` of a calendar month (UTC) in ms, from "YYYY-MM"; None when
+/// malformed or before 1970.
+pub fn month_bounds(month: &str) -> Option<(u64, u64)> {
+    let (y, m) = month.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let (y, m): (i64, u32) = (y.parse().ok()?, m.parse().ok()?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    const D: u64 = 86_400_000;
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Some((days_from_civil(y, m) as u64 * D, days_from_civil(ny, nm) as u64 * D))
+}
+
+/// "YYYY-MM" of the month holding `ms`.
+pub fn month_of(ms: u64) -> String {
+    let (y, m) = year_month((ms / 86_400_000) as i64);
+    format!("{y:04}-{m:02}")
+}
+
 fn year_month(days: i64) -> (i64, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -229,6 +251,19 @@ mod tests {
         let clipped = rollup(&evs, 70_000, 40_000, 50_000, Bucket::Day);
         assert_eq!(clipped.len(), 1);
         assert_eq!(clipped[0].running_seconds, 10.0);
+    }
+
+    #[test]
+    fn month_names_parse_or_are_refused() {
+        assert_eq!(month_bounds("1970-01"), Some((0, 31 * 86_400_000)));
+        let (a, b) = month_bounds("2024-02").unwrap();
+        assert_eq!(b - a, 29 * 86_400_000, "leap February");
+        assert_eq!(month_of(a), "2024-02");
+        assert_eq!(month_of(b - 1), "2024-02");
+        assert_eq!(month_of(b), "2024-03");
+        for bad in ["2024-13", "2024-00", "24-01", "2024-1", "1969-12", "x", "2024/01"] {
+            assert_eq!(month_bounds(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -507,6 +507,77 @@ pub async fn usage(State(s): State<AppState>, caller: Caller, Query(q): Query<Us
     Ok(Json(rows).into_response())
 }
 
+#[derive(Deserialize)]
+pub struct InvoiceQuery {
+    month: Option<String>,
+}
+
+/// `GET /v1/invoice?month=YYYY-MM`: revenue, infrastructure cost and gross
+/// margin per tenant from the month's metered usage. A tenant sees its own
+/// line; an admin every tenant plus the warm pool's infrastructure cost.
+pub async fn invoice(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<InvoiceQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    use warren_orchestrator::usage::{month_bounds, month_of, rollup, Bucket};
+    let now = s.orch.now_ms();
+    let month = q.month.unwrap_or_else(|| month_of(now));
+    let (from, to) =
+        month_bounds(&month).ok_or_else(|| ApiError::bad_request(format!("month {month:?}: expected YYYY-MM")))?;
+    let events = s
+        .orch
+        .store()
+        .events_since(0, usize::MAX)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let mut per_tenant: std::collections::BTreeMap<String, warren_cost::invoice::TenantUsage> = Default::default();
+    for r in rollup(&events, now, from, to.min(now.max(from + 1)), Bucket::Month) {
+        if !caller.admin && r.tenant != caller.tenant {
+            continue;
+        }
+        let u = per_tenant
+            .entry(r.tenant.clone())
+            .or_insert_with(|| warren_cost::invoice::TenantUsage { tenant: r.tenant.clone(), ..Default::default() });
+        u.running_seconds += r.running_seconds;
+        u.paused_seconds += r.paused_seconds;
+        u.vcpu_seconds += r.vcpu_seconds;
+        u.gib_seconds += r.gib_seconds;
+    }
+    let usage: Vec<_> = per_tenant.into_values().collect();
+    let cost = &s.cost;
+    let class_of = |t: &str| cost.tenant_classes.get(t).cloned().unwrap_or_else(|| cost.default_class.clone());
+    let inv = warren_cost::invoice::invoice(
+        &cost.catalog,
+        &cost.setup,
+        &usage,
+        warren_orchestrator::pool::POOL_TENANT,
+        &class_of,
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut v =
+        serde_json::to_value(&inv).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    v["month"] = month.into();
+    if !caller.admin {
+        // Infrastructure is the operator's business, not the tenant's.
+        if let Some(o) = v.as_object_mut() {
+            o.remove("infrastructure");
+            o.remove("costJpy");
+            o.remove("marginPct");
+            if let Some(lines) = o.get_mut("lines").and_then(|l| l.as_array_mut()) {
+                for l in lines {
+                    if let Some(l) = l.as_object_mut() {
+                        for k in ["costUsd", "costJpy", "marginPct"] {
+                            l.remove(k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Json(v))
+}
+
 /// `GET /v1/pools`: warm pools (admin).
 pub async fn pools(
     State(s): State<AppState>,

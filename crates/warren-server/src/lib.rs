@@ -35,6 +35,45 @@ pub struct AppState {
     pub e2b: Arc<e2b::E2bConfig>,
     pub idempotency: Arc<e2b::Idempotency>,
     pub cpu_samples: Arc<e2b::CpuSamples>,
+    pub cost: Arc<CostConfig>,
+}
+
+/// How invoices are priced: the catalog, which of its setups this
+/// deployment's infrastructure cost is taken from, and each tenant's class.
+#[derive(Debug, Clone)]
+pub struct CostConfig {
+    pub catalog: warren_cost::Catalog,
+    pub setup: String,
+    pub default_class: String,
+    pub tenant_classes: std::collections::HashMap<String, String>,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        CostConfig {
+            catalog: warren_cost::Catalog::embedded(),
+            setup: "ecs-ec2-od".into(),
+            default_class: "standard".into(),
+            tenant_classes: Default::default(),
+        }
+    }
+}
+
+impl CostConfig {
+    /// Checks that the setup and every class named exist in the catalog.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.catalog.setup(&self.setup).is_none() {
+            return Err(format!("cost_setup {:?} is not in the price catalog", self.setup));
+        }
+        for (who, class) in std::iter::once(("default_class", &self.default_class))
+            .chain(self.tenant_classes.iter().map(|(t, c)| (t.as_str(), c)))
+        {
+            if self.catalog.class(class).is_none() {
+                return Err(format!("{who}: class {class:?} is not in the price catalog"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl AppState {
@@ -45,7 +84,13 @@ impl AppState {
             e2b: Arc::new(e2b),
             idempotency: Default::default(),
             cpu_samples: Default::default(),
+            cost: Default::default(),
         }
+    }
+
+    pub fn with_cost(mut self, cost: CostConfig) -> Self {
+        self.cost = Arc::new(cost);
+        self
     }
 }
 
@@ -89,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/templates", get(api::templates))
         .route("/v1/pools", get(api::pools))
         .route("/v1/usage", get(api::usage))
+        .route("/v1/invoice", get(api::invoice))
         .route("/v1/keys", post(api::create_key).get(api::list_keys))
         .route("/v1/keys/{prefix}", axum::routing::delete(api::revoke_key))
         .route("/v1/templates/{name}", post(api::import_template).layer(DefaultBodyLimit::disable()))

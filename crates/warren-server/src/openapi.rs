@@ -34,6 +34,12 @@ pub const ROUTES: &[(&str, &str, &str, u16)] = &[
         "Usage per tenant and period (from, to in unix seconds; bucket hour|day|month; format json|csv)",
         200,
     ),
+    (
+        "get",
+        "/v1/invoice",
+        "Invoice preview and gross margin per tenant for a month (month=YYYY-MM), priced from the catalog",
+        200,
+    ),
     ("get", "/v1/pools", "Warm pools: target, ready, warming, hits, misses, refill time; admin", 200),
     ("get", "/v1/health", "Health (no auth)", 200),
     ("get", "/v1/openapi.json", "This document (no auth)", 200),

@@ -514,3 +514,43 @@ async fn usage_is_derived_from_events_and_scoped_to_the_tenant() {
         s.req(reqwest::Method::GET, "/v1/usage?bucket=month", &alice).send().await.unwrap().json().await.unwrap();
     assert_eq!(a, b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoice_prices_metered_usage_per_tenant() {
+    let s = start().await;
+    let alice = s.tenant_key("alice").await;
+    let bob = s.tenant_key("bob").await;
+    let ws = s.create(&alice).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let id = ws["id"].as_str().unwrap();
+    s.req(reqwest::Method::DELETE, &format!("/v1/workspaces/{id}"), &alice).send().await.unwrap();
+
+    let inv: Value = s.req(reqwest::Method::GET, "/v1/invoice", &s.admin).send().await.unwrap().json().await.unwrap();
+    let lines = inv["lines"].as_array().unwrap();
+    let a = lines.iter().find(|l| l["tenant"] == "alice").expect("alice is invoiced");
+    let hours = a["runningHours"].as_f64().unwrap();
+    assert!(hours >= 1.0 / 3600.0, "{inv}");
+    // Standard class, ¥100 per workspace-hour; cost from the default setup.
+    assert_eq!(a["class"], "standard");
+    assert!((a["revenueJpy"].as_f64().unwrap() - hours * 100.0).abs() < 1e-6, "{inv}");
+    assert!(a["costUsd"].as_f64().unwrap() > 0.0);
+    assert!(a["marginPct"].as_f64().unwrap() > 80.0, "{inv}");
+    assert_eq!(inv["setup"], "ecs-ec2-od");
+    assert!(inv.get("infrastructure").is_some());
+
+    // A tenant sees its own line, without the operator's cost and margin.
+    let mine: Value = s.req(reqwest::Method::GET, "/v1/invoice", &alice).send().await.unwrap().json().await.unwrap();
+    assert_eq!(mine["lines"].as_array().unwrap().len(), 1, "{mine}");
+    assert!(mine["lines"][0].get("costUsd").is_none() && mine.get("infrastructure").is_none(), "{mine}");
+    let theirs: Value = s.req(reqwest::Method::GET, "/v1/invoice", &bob).send().await.unwrap().json().await.unwrap();
+    assert!(theirs["lines"].as_array().unwrap().is_empty(), "bob sees nothing of alice's: {theirs}");
+
+    // Another month has nothing; a malformed one is a 400.
+    let old: Value =
+        s.req(reqwest::Method::GET, "/v1/invoice?month=2001-01", &s.admin).send().await.unwrap().json().await.unwrap();
+    assert!(old["lines"].as_array().unwrap().is_empty(), "{old}");
+    let (code, msg) =
+        error_of(s.req(reqwest::Method::GET, "/v1/invoice?month=2026-13", &alice).send().await.unwrap()).await;
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.to_string().contains("YYYY-MM"), "{msg}");
+}
