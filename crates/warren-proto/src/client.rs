@@ -144,6 +144,7 @@ impl AgentClient {
     }
 
     async fn sender(&self) -> Result<SendRequest<Body>> {
+        const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
         let mut guard = self.inner.conn.lock().await;
         if let Some(s) = guard.as_ref() {
             if !s.is_closed() {
@@ -154,7 +155,12 @@ impl AgentClient {
         let sender = match &self.inner.endpoint {
             Endpoint::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await.map_err(transport)?).await?,
             Endpoint::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a.as_str()).await.map_err(transport)?;
+                // A workspace that is gone leaves an address nobody answers:
+                // give up after a bound instead of the kernel's SYN retries.
+                let s = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a.as_str()))
+                    .await
+                    .map_err(|_| transport(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+                    .map_err(transport)?;
                 let _ = s.set_nodelay(true);
                 handshake(s).await?
             }

@@ -1,0 +1,216 @@
+//! The Docker backend against a real engine: the provider conformance suite
+//! (runc, and runsc where the engine has it), isolation between containers,
+//! image import, and classified errors. Needs a running dockerd and root
+//! (scripts/test.sh sets both up).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::time::Duration;
+
+use warren_core::WorkspaceId;
+use warren_proto::client::AgentClient;
+use warren_provider::{CreateSpec, NetworkMode, ProviderError, SandboxProvider};
+use warren_provider_docker::{DockerConfig, DockerProvider};
+
+const IMAGE: &str = "warren-test-busybox";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The static agent (scripts/build-agent.sh), built when missing.
+fn static_agent() -> PathBuf {
+    if let Ok(p) = std::env::var("WARREN_AGENT_STATIC") {
+        return p.into();
+    }
+    static BUILD: Once = Once::new();
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
+    let bin = target.join("agent-static/warren-agent");
+    BUILD.call_once(|| {
+        if !bin.exists() {
+            let st = Command::new(repo_root().join("scripts/build-agent.sh")).status().expect("run build-agent.sh");
+            assert!(st.success(), "building the static agent failed");
+        }
+    });
+    std::fs::canonicalize(&bin).expect("static agent")
+}
+
+/// A busybox image built from the host's static busybox (no registry here).
+fn ensure_image() {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let have = Command::new("docker").args(["image", "inspect", IMAGE]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if have.is_ok_and(|s| s.success()) {
+            return;
+        }
+        let script = format!(
+            "set -e; t=$(mktemp -d); mkdir -p $t/bin $t/etc $t/tmp $t/root $t/home/user; chmod 1777 $t/tmp; \
+             cp /bin/busybox $t/bin/busybox; for a in $(/bin/busybox --list); do [ \"$a\" = busybox ] || ln -s busybox $t/bin/$a; done; \
+             printf 'root:x:0:0:root:/root:/bin/sh\\nuser:x:1000:1000:user:/home/user:/bin/sh\\n' > $t/etc/passwd; \
+             printf 'root:x:0:\\nuser:x:1000:\\n' > $t/etc/group; chown 1000:1000 $t/home/user; \
+             tar -C $t -c . | docker import -c 'ENV PATH=/bin' - {IMAGE} >/dev/null; rm -rf $t"
+        );
+        let st = Command::new("sh").args(["-c", &script]).status().expect("sh");
+        assert!(st.success(), "building {IMAGE} failed (is busybox-static installed?)");
+    });
+}
+
+fn config(owner: &str) -> DockerConfig {
+    let mut c = DockerConfig::new(static_agent());
+    c.owner = owner.into();
+    c
+}
+
+fn provider(owner: &str) -> DockerProvider {
+    ensure_image();
+    DockerProvider::connect(config(owner)).expect("connect")
+}
+
+fn owner(tag: &str) -> String {
+    format!("test-{tag}-{}", std::process::id())
+}
+
+fn runsc_available() -> bool {
+    let out = Command::new("docker").args(["info", "--format", "{{json .Runtimes}}"]).output();
+    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
+}
+
+fn spec(template: &str) -> CreateSpec {
+    CreateSpec {
+        id: WorkspaceId::generate(),
+        template: template.into(),
+        size: Default::default(),
+        network: NetworkMode::None,
+        env: Default::default(),
+        labels: Default::default(),
+        init_token: "init-secret".into(),
+        access_token: Some(warren_core::random_token(16)),
+    }
+}
+
+async fn cleanup(p: &DockerProvider) {
+    for s in p.list().await.unwrap_or_default() {
+        let _ = p.destroy(&s.id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_docker_runc() {
+    let o = owner("runc");
+    let p = provider(&o);
+    println!("{}", p.ping().await.expect("engine answers"));
+    warren_provider::conformance::run(&p, || provider(&o), IMAGE).await;
+    cleanup(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_docker_runsc() {
+    if !runsc_available() {
+        // scripts/test.sh registers runsc with the engine; on a machine
+        // without it this backend variant cannot exist.
+        eprintln!("runsc is not registered with the Docker engine: gVisor variant not run");
+        assert!(std::env::var_os("WARREN_REQUIRE_RUNSC").is_none(), "WARREN_REQUIRE_RUNSC set but runsc missing");
+        return;
+    }
+    let o = owner("runsc");
+    let make = || {
+        ensure_image();
+        let mut c = config(&o);
+        c.runtime = Some("runsc".into());
+        DockerProvider::connect(c).unwrap()
+    };
+    let p = make();
+    assert_eq!(p.capabilities().isolation, warren_provider::IsolationTier::Gvisor);
+    warren_provider::conformance::run(&p, make, IMAGE).await;
+    cleanup(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_cannot_reach_each_other_or_the_outside_in_none_mode() {
+    let o = owner("iso");
+    let p = provider(&o);
+    let (sa, sb) = (spec(IMAGE), spec(IMAGE));
+    let a = p.create(&sa).await.unwrap();
+    let b = p.create(&sb).await.unwrap();
+    let ca = AgentClient::new(a.endpoint.clone()).with_access_token(sa.access_token.clone());
+    let cb = AgentClient::new(b.endpoint.clone()).with_access_token(sb.access_token.clone());
+    // b listens on a port; a tries its agent port and that port.
+    let _bg = cb.sh("nc -l -p 8080 -e echo reached >/dev/null 2>&1 &").await.unwrap();
+    let host = b.endpoint.to_string();
+    let ip = host.trim_start_matches("tcp://").rsplit_once(':').unwrap().0.to_string();
+    for port in ["49983", "8080"] {
+        let out = ca.sh(&format!("nc -w 2 {ip} {port} </dev/null && echo open || echo closed")).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed", "a reached b:{port}");
+    }
+    // No route out of the none network.
+    let out = ca.sh("nc -w 2 1.1.1.1 53 </dev/null && echo open || echo closed").await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed");
+    // b's token does not open a.
+    let wrong = AgentClient::new(a.endpoint.clone()).with_access_token(sb.access_token.clone());
+    assert!(wrong.list().await.is_err());
+    // The workspace cannot see the host's processes or files.
+    let out = ca.sh("ps -o pid,comm | wc -l; ls /home").await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().next().unwrap().trim().parse::<u32>().unwrap() < 10, "{text}");
+    // Limits are applied: memory and pids from the size.
+    let out = ca
+        .sh("cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max")
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (512u64 << 20).to_string());
+    cleanup(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_clear_and_change_nothing() {
+    let o = owner("err");
+    let p = provider(&o);
+    let mut s = spec("warren-no-such-image");
+    match p.create(&s).await {
+        Err(ProviderError::InvalidSpec(m)) => assert!(m.contains("warren-no-such-image"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    s.template = IMAGE.into();
+    s.network = NetworkMode::Host;
+    assert!(matches!(p.create(&s).await, Err(ProviderError::Unsupported(_))));
+    assert!(p.list().await.unwrap().is_empty(), "failed creates leave nothing");
+    // An engine that is not there is "unavailable", quickly.
+    let mut c = config(&o);
+    c.host = Some("unix:///nonexistent/docker.sock".into());
+    c.call_timeout = Duration::from_secs(2);
+    let down = match DockerProvider::connect(c) {
+        Ok(down) => down.list().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match down {
+        Err(ProviderError::Unavailable(m)) => assert!(m.contains("Docker engine"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_a_docker_save_archive_as_a_template() {
+    ensure_image();
+    let o = owner("imp");
+    let p = provider(&o);
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("img.tar");
+    let st = Command::new("docker").args(["save", "-o"]).arg(&tar).arg(IMAGE).status().unwrap();
+    assert!(st.success());
+    let name = format!("warren-imported-{}", std::process::id());
+    let t = p.import_template(&name, &tar).await.expect("import");
+    assert_eq!(t.name, name);
+    assert!(p.templates().await.unwrap().iter().any(|x| x.name == name && !x.revision.is_empty()));
+    let s = spec(&name);
+    let w = p.create(&s).await.unwrap();
+    let c = AgentClient::new(w.endpoint.clone()).with_access_token(s.access_token.clone());
+    assert_eq!(c.sh("echo imported").await.unwrap().stdout, b"imported\n");
+    // Garbage is refused as an invalid spec.
+    std::fs::write(dir.path().join("junk.tar"), b"not a tar").unwrap();
+    let junk = p.import_template("junk", &dir.path().join("junk.tar")).await;
+    assert!(matches!(junk, Err(ProviderError::InvalidSpec(_))), "{junk:?}");
+    assert!(matches!(p.import_template("Bad Name", &tar).await, Err(ProviderError::InvalidSpec(_))));
+    cleanup(&p).await;
+    let _ = Command::new("docker").args(["rmi", &name]).stdout(Stdio::null()).status();
+}
