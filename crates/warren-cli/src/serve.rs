@@ -21,8 +21,9 @@ pub struct Config {
     pub listen: String,
     /// Holds the state store, templates and workspaces (env WARREN_DATA_DIR).
     pub data_dir: PathBuf,
-    /// `local` (namespaces; needs root) or `process` (no isolation; for
-    /// development) (env WARREN_PROVIDER).
+    /// `local` (namespaces; needs root), `docker` (containers on a Docker
+    /// engine; see `[docker]`) or `process` (no isolation; for development)
+    /// (env WARREN_PROVIDER).
     pub provider: String,
     /// Seconds a workspace lives unless told otherwise.
     pub default_timeout: u64,
@@ -62,6 +63,36 @@ pub struct Config {
     pub default_class: String,
     /// `[tenant_classes]`: tenant = class name from the catalog.
     pub tenant_classes: std::collections::HashMap<String, String>,
+    /// `[docker]`: the Docker backend's settings.
+    pub docker: DockerSection,
+}
+
+/// Settings of the Docker backend.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerSection {
+    /// Engine address: `unix:///var/run/docker.sock` or `tcp://HOST:PORT` (env DOCKER_HOST).
+    pub host: Option<String>,
+    /// OCI runtime for every template (e.g. `runsc` for gVisor); default: the engine's.
+    pub runtime: Option<String>,
+    /// Runtime per template: `[docker.template_runtimes] secure = "runsc"`.
+    pub template_runtimes: std::collections::BTreeMap<String, String>,
+    /// Label value marking this installation's containers.
+    pub owner: String,
+    /// Prefix of warren's two Docker networks.
+    pub network_prefix: String,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        DockerSection {
+            host: None,
+            runtime: None,
+            template_runtimes: Default::default(),
+            owner: "warren".into(),
+            network_prefix: "warren".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -86,6 +117,7 @@ impl Default for Config {
             cost_setup: "ecs-ec2-od".into(),
             default_class: "standard".into(),
             tenant_classes: Default::default(),
+            docker: Default::default(),
         }
     }
 }
@@ -144,8 +176,8 @@ fn validate(cfg: &Config) -> Result<()> {
     cfg.listen
         .parse::<std::net::SocketAddr>()
         .with_context(|| format!("listen = {:?}: expected an address like 127.0.0.1:7474", cfg.listen))?;
-    if !["local", "process"].contains(&cfg.provider.as_str()) {
-        bail!("provider = {:?}: expected \"local\" or \"process\"", cfg.provider);
+    if !["local", "process", "docker"].contains(&cfg.provider.as_str()) {
+        bail!("provider = {:?}: expected \"local\", \"docker\" or \"process\"", cfg.provider);
     }
     if cfg.default_timeout == 0 || cfg.default_timeout > cfg.max_timeout {
         bail!("default_timeout = {}: must be between 1 and max_timeout ({})", cfg.default_timeout, cfg.max_timeout);
@@ -182,7 +214,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
+async fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
     let agent = match (&cfg.agent, std::env::var_os("WARREN_AGENT_BIN")) {
         (Some(a), _) => a.clone(),
         (None, Some(a)) => PathBuf::from(a),
@@ -195,7 +227,7 @@ fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
             let static_agent = exe.parent().and_then(|d| d.parent()).map(|t| t.join("agent-static/warren-agent"));
             let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
             match static_agent.filter(|p| p.is_file()) {
-                Some(st) if mtime(&plain).is_none() || mtime(&st) >= mtime(&plain) => st,
+                Some(st) if cfg.provider == "docker" || mtime(&plain).is_none() || mtime(&st) >= mtime(&plain) => st,
                 _ => plain,
             }
         }
@@ -208,6 +240,28 @@ fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
     }
     Ok(match cfg.provider.as_str() {
         "process" => Arc::new(warren_provider::fake::ProcessProvider::new(cfg.data_dir.join("process"), agent)),
+        "docker" => {
+            let agent = std::fs::canonicalize(&agent).with_context(|| format!("agent {}", agent.display()))?;
+            if is_dynamic_elf(&agent) {
+                bail!(
+                    "agent {}: the docker provider needs the static agent, which runs in any image \
+                     (build it with scripts/build-agent.sh, or set agent = \"...\")",
+                    agent.display()
+                );
+            }
+            let d = &cfg.docker;
+            let mut dc = warren_provider_docker::DockerConfig::new(agent);
+            dc.host = d.host.clone().or_else(|| std::env::var("DOCKER_HOST").ok());
+            dc.runtime = d.runtime.clone();
+            dc.template_runtimes = d.template_runtimes.clone();
+            dc.owner = d.owner.clone();
+            dc.network_prefix = d.network_prefix.clone();
+            let docker = warren_provider_docker::DockerProvider::connect(dc).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let version =
+                docker.ping().await.map_err(|e| anyhow::anyhow!("{e} (is dockerd running? set [docker] host)"))?;
+            eprintln!("warren: docker provider on {version}");
+            Arc::new(docker)
+        }
         _ => {
             let helper = match &cfg.sandbox_helper {
                 Some(h) => h.clone(),
@@ -223,6 +277,13 @@ fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
             Arc::new(local)
         }
     })
+}
+
+/// True for an ELF executable that needs a dynamic loader.
+fn is_dynamic_elf(p: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(p) else { return false };
+    // PT_INTERP names the loader; a static binary has none.
+    bytes.starts_with(b"\x7fELF") && bytes.windows(14).any(|w| w == b"/lib64/ld-linu")
 }
 
 /// Ensures an admin key exists. Returns the key when it was created or
@@ -265,7 +326,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         RedbStore::open(&cfg.data_dir.join("state.redb"))
             .map_err(|e| anyhow::anyhow!("opening the state store: {e}"))?,
     );
-    let provider = provider(&cfg)?;
+    let provider = provider(&cfg).await?;
     let orch = Arc::new(Orchestrator::new(
         provider,
         store.clone(),

@@ -15,6 +15,9 @@ use warren_provider::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxP
 use warren_store::{EventKind, NewEvent, StateStore, StoreError, WorkspaceRecord};
 
 pub mod pool;
+
+/// How often the reaper compares the store with what the backend runs.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 pub mod usage;
 
 /// How long a failed workspace stays listed (with its error) before it is purged.
@@ -642,9 +645,18 @@ impl Orchestrator {
     pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
+            let mut last_watch = std::time::Instant::now();
             loop {
                 me.refill_pools().await;
                 tokio::time::sleep(me.cfg.reap_interval).await;
+                if last_watch.elapsed() >= WATCH_INTERVAL {
+                    last_watch = std::time::Instant::now();
+                    match me.watch_once().await {
+                        Ok(0) => {}
+                        Ok(n) => eprintln!("warren: {n} workspace(s) ended on their own and were marked failed"),
+                        Err(e) => eprintln!("warren: watch: {e}"),
+                    }
+                }
                 if let Err(e) = me.reap_once().await {
                     eprintln!("warren: reaper: {e}");
                 }
@@ -653,6 +665,47 @@ impl Orchestrator {
                 }
             }
         })
+    }
+
+    /// Finds live workspaces whose backend says they ended on their own
+    /// (crash, OOM kill, engine restart, a cloud stopping a task) and marks
+    /// them failed with the reason, so clients get an honest state and
+    /// metering stops. Returns how many were marked.
+    pub async fn watch_once(&self) -> Result<usize> {
+        let started = self.clock.now_ms();
+        let live: HashMap<WorkspaceId, RunState> =
+            self.provider.list().await?.into_iter().map(|s| (s.id, s.state)).collect();
+        let mut marked = 0;
+        for rec in self.store.list_workspaces().await? {
+            // Only records older than the backend's answer: a workspace
+            // created meanwhile is not missing, just new.
+            if rec.provider != self.provider.name()
+                || !matches!(rec.state, State::Running | State::Paused)
+                || rec.updated_at_ms >= started
+            {
+                continue;
+            }
+            let reason = match live.get(&rec.id) {
+                Some(RunState::Exited) => "the workspace's processes ended (the backend reports it exited)",
+                None => "the workspace vanished from the backend",
+                Some(_) => continue,
+            };
+            let _ = self.provider.destroy(&rec.id).await;
+            let msg = reason.to_string();
+            let result = self
+                .transition(&rec.id, State::Failed, move |r| r.error = Some(msg))
+                .await;
+            match result {
+                Ok(_) => {
+                    self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+                    marked += 1;
+                }
+                // Killed or changed concurrently: theirs wins.
+                Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(marked)
     }
 
     /// Brings store and backend into agreement after a (re)start: adopts

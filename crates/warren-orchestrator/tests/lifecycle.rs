@@ -448,3 +448,23 @@ async fn adaptive_pool_grows_with_demand_and_shrinks_when_it_stops() {
         let _ = orch.kill_any(&r.id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_that_end_on_their_own_are_marked_failed() {
+    let e = env();
+    let dead = e.orch.create(req("t")).await.unwrap();
+    let alive = e.orch.create(req("t")).await.unwrap();
+    // The backend loses one behind warren's back (crash, OOM, engine restart).
+    provider(&e.root).stop(&dead.id).await.unwrap();
+    // A record newer than the backend's answer is left alone.
+    assert_eq!(e.orch.watch_once().await.unwrap(), 0, "same-millisecond records are not judged");
+    e.clock.advance(Duration::from_secs(1));
+    assert_eq!(e.orch.watch_once().await.unwrap(), 1);
+    let d = e.orch.get(None, &dead.id).await.unwrap();
+    assert_eq!(d.state, State::Failed);
+    assert!(d.error.as_deref().unwrap_or("").contains("exited"), "{d:?}");
+    assert_eq!(e.orch.get(None, &alive.id).await.unwrap().state, State::Running);
+    // Idempotent.
+    assert_eq!(e.orch.watch_once().await.unwrap(), 0);
+    e.orch.kill(None, &alive.id).await.unwrap();
+}

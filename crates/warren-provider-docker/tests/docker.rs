@@ -40,19 +40,8 @@ fn static_agent() -> PathBuf {
 fn ensure_image() {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
-        let have = Command::new("docker").args(["image", "inspect", IMAGE]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        if have.is_ok_and(|s| s.success()) {
-            return;
-        }
-        let script = format!(
-            "set -e; t=$(mktemp -d); mkdir -p $t/bin $t/etc $t/tmp $t/root $t/home/user; chmod 1777 $t/tmp; \
-             cp /bin/busybox $t/bin/busybox; for a in $(/bin/busybox --list); do [ \"$a\" = busybox ] || ln -s busybox $t/bin/$a; done; \
-             printf 'root:x:0:0:root:/root:/bin/sh\\nuser:x:1000:1000:user:/home/user:/bin/sh\\n' > $t/etc/passwd; \
-             printf 'root:x:0:\\nuser:x:1000:\\n' > $t/etc/group; chown 1000:1000 $t/home/user; \
-             tar -C $t -c . | docker import -c 'ENV PATH=/bin' - {IMAGE} >/dev/null; rm -rf $t"
-        );
-        let st = Command::new("sh").args(["-c", &script]).status().expect("sh");
-        assert!(st.success(), "building {IMAGE} failed (is busybox-static installed?)");
+        let st = Command::new(repo_root().join("scripts/docker-test-image.sh")).arg(IMAGE).status().expect("run script");
+        assert!(st.success(), "building {IMAGE} failed");
     });
 }
 
