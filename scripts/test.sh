@@ -23,11 +23,19 @@ command -v curl >/dev/null || need+=(curl)
 command -v iptables >/dev/null || need+=(iptables)
 command -v nsenter >/dev/null || need+=(util-linux)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v runsc >/dev/null || need+=(runsc)
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
+command -v flock >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
 fi
+
+step "Docker engine (with gVisor's runsc registered)"
+scripts/docker-up.sh
+scripts/docker-test-image.sh
 
 step "rust tools"
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
@@ -41,6 +49,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
+docker info --format "{{json .Runtimes}}" | grep -q runsc && export WARREN_REQUIRE_RUNSC=1
 cargo nextest run --workspace --no-fail-fast
 
 step "E2B SDKs (Python 2.63.0 and 2.20.0, JavaScript) against warren"

@@ -14,7 +14,7 @@ use warren_provider_local::{LocalConfig, LocalProvider};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// create | exec | list | pool | density | all
+    /// create | exec | list | pool | density | docker | all
     #[arg(default_value = "all")]
     pub which: String,
     /// Iterations per variant.
@@ -303,6 +303,99 @@ async fn bench_exec(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The Docker backend against the docker CLI on the same engine and image.
+async fn bench_docker(n: usize) -> Result<()> {
+    if !docker_up() {
+        bail!("no Docker engine answers (scripts/docker-up.sh starts one)");
+    }
+    let img = "warren-test-busybox";
+    let root = std::env::current_exe()?
+        .ancestors()
+        .find(|d| d.join("scripts/docker-test-image.sh").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let st = Command::new(root.join("scripts/docker-test-image.sh")).arg(img).status()?;
+    if !st.success() {
+        bail!("building the {img} image failed");
+    }
+    let agent = match std::env::var_os("WARREN_AGENT_BIN") {
+        Some(a) => PathBuf::from(a),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|t| t.join("agent-static/warren-agent"))
+            .context("locating the static agent")?,
+    };
+    let agent = std::fs::canonicalize(&agent)
+        .with_context(|| format!("static agent {} (scripts/build-agent.sh builds it)", agent.display()))?;
+    let n = n.min(40);
+    let size = Size { millicpus: 1000, memory_mib: 256, disk_mib: 256, pids: 256 };
+    let mut runtimes = vec![None];
+    if String::from_utf8_lossy(
+        &Command::new("docker").args(["info", "--format", "{{json .Runtimes}}"]).output()?.stdout,
+    )
+    .contains("runsc")
+    {
+        runtimes.push(Some("runsc"));
+    }
+    let mut create_rows = Vec::new();
+    let mut exec_rows = Vec::new();
+    for rt in runtimes {
+        let mut cfg = warren_provider_docker::DockerConfig::new(agent.clone());
+        cfg.owner = format!("bench-{}", std::process::id());
+        cfg.runtime = rt.map(str::to_string);
+        let p = warren_provider_docker::DockerProvider::connect(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let label = rt.unwrap_or("runc");
+        let mut ready = Series { name: format!("warren docker ({label}): create → agent healthy"), ms: vec![] };
+        let mut first = Series { name: format!("warren docker ({label}): create → first output"), ms: vec![] };
+        let mut exec = Series { name: format!("warren agent exec over TCP ({label})"), ms: vec![] };
+        for i in 0..n + 2 {
+            let mut s = spec(size);
+            s.template = img.into();
+            let t = Instant::now();
+            let info = p.create(&s).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let created = t.elapsed().as_secs_f64() * 1000.0;
+            let c =
+                warren_proto::client::AgentClient::new(info.endpoint.clone()).with_access_token(s.access_token.clone());
+            c.exec("/bin/true", &[]).await?;
+            if i >= 2 {
+                // Two warm-up rounds.
+                ready.ms.push(created);
+                first.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            if i == 2 {
+                for _ in 0..n * 5 {
+                    let t = Instant::now();
+                    c.exec("/bin/true", &[]).await?;
+                    exec.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            p.destroy(&s.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        create_rows.extend([ready, first]);
+        exec_rows.push(exec);
+    }
+    if have("hyperfine") {
+        create_rows.push(Series {
+            name: "docker run --rm --network none … true".into(),
+            ms: hyperfine(&format!("docker run --rm --network none {img} /bin/true"), n, None)?,
+        });
+        let out =
+            Command::new("docker").args(["run", "-d", "--network", "none", img, "/bin/sleep", "3600"]).output()?;
+        let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let r = hyperfine(&format!("docker exec {cid} /bin/true"), n * 2, None);
+        let _ = Command::new("docker").args(["rm", "-f", &cid]).stdout(Stdio::null()).status();
+        exec_rows.push(Series { name: "docker exec <ctr> true".into(), ms: r? });
+    }
+    report(
+        "Docker backend: create (same engine, same image)",
+        "warren docker (runc): create → agent healthy",
+        create_rows,
+    );
+    report("Docker backend: exec round trip of `true`", "warren agent exec over TCP (runc)", exec_rows);
+    Ok(())
+}
+
 async fn bench_list(dir: &Path, n: usize) -> Result<()> {
     use warren_store::StateStore as _;
     let store = Arc::new(warren_store::RedbStore::open(&dir.join("list.redb")).map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -574,8 +667,11 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
     if all || a.which == "density" {
         bench_density(&dir, a.density).await?;
     }
-    if !["all", "create", "exec", "list", "pool", "density"].contains(&a.which.as_str()) {
-        bail!("unknown benchmark {:?}: create, exec, list, pool, density or all", a.which);
+    if all || a.which == "docker" {
+        bench_docker(a.n).await?;
+    }
+    if !["all", "create", "exec", "list", "pool", "density", "docker"].contains(&a.which.as_str()) {
+        bail!("unknown benchmark {:?}: create, exec, list, pool, density, docker or all", a.which);
     }
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);

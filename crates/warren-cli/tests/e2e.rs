@@ -35,12 +35,19 @@ fn free_port() -> u16 {
 }
 
 fn serve(data: &Path, port: u16) -> Serve {
+    serve_with(data, port, None, warren_provider::conformance::agent_binary())
+}
+
+fn serve_with(data: &Path, port: u16, config: Option<&Path>, agent: PathBuf) -> Serve {
     ensure_helper();
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data)
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(data);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
         .env("WARREN_ADMIN_KEY", KEY)
-        .env("WARREN_AGENT_BIN", warren_provider::conformance::agent_binary())
+        .env("WARREN_AGENT_BIN", agent)
         .env_remove("WARREN_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -270,4 +277,127 @@ fn cost_tables_simulation_and_bad_input() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn static_agent() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
+    let bin = target.join("agent-static/warren-agent");
+    if !bin.exists() {
+        assert!(Command::new(repo_root().join("scripts/build-agent.sh")).status().unwrap().success());
+    }
+    std::fs::canonicalize(bin).unwrap()
+}
+
+fn docker(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Restarts the Docker engine the way it was started (systemd or a plain
+/// process), and waits until it answers again.
+fn restart_dockerd() {
+    let systemd =
+        Command::new("systemctl").args(["is-active", "--quiet", "docker"]).status().is_ok_and(|s| s.success());
+    if systemd {
+        assert!(Command::new("systemctl").args(["restart", "docker"]).status().unwrap().success());
+    } else {
+        let pid = docker_pid();
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "dockerd did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::File::create("/tmp/warren-test-dockerd.log").unwrap();
+        Command::new("setsid")
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success() {
+        assert!(Instant::now() < deadline, "dockerd did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn docker_pid() -> u32 {
+    let out = Command::new("pgrep").args(["-x", "dockerd"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().expect("dockerd runs").parse().unwrap()
+}
+
+/// The Docker backend through the real server: create and exec, kill -9 of
+/// the server (adopted on restart, orphans removed), and an engine restart
+/// (workspaces that died with it are marked failed; new ones work).
+#[test]
+fn docker_kill_9_reconcile_and_engine_restart() {
+    let st = Command::new(repo_root().join("scripts/docker-test-image.sh")).status().unwrap();
+    assert!(st.success());
+    let data = tempfile::tempdir().unwrap();
+    let owner = format!("e2e-{}", std::process::id());
+    let cfg = data.path().join("warren.toml");
+    std::fs::write(&cfg, format!("provider = \"docker\"\n[docker]\nowner = \"{owner}\"\n")).unwrap();
+    let port = free_port();
+    let mut s = serve_with(data.path(), port, Some(&cfg), static_agent());
+    let a = ok(&cli(&s, &["create", "--template", "warren-test-busybox"], None));
+    assert_eq!(ok(&cli(&s, &["exec", &a, "echo hi from docker"], None)), "hi from docker");
+
+    // A container of ours that the store does not know (a create cut short).
+    let ghost = "ghost0000000000000000";
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &format!("warren-{ghost}"),
+        "--label",
+        &format!("warren.owner={owner}"),
+        "--label",
+        &format!("warren.id={ghost}"),
+        "--entrypoint",
+        "/bin/sleep",
+        "warren-test-busybox",
+        "600",
+    ]);
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = serve_with(data.path(), port, Some(&cfg), static_agent());
+    assert!(ok(&cli(&s, &["ls"], None)).contains(&a));
+    assert_eq!(ok(&cli(&s, &["exec", &a, "echo adopted"], None)), "adopted");
+    assert_eq!(docker(&["ps", "-aq", "--filter", &format!("name=warren-{ghost}")]), "", "orphan removed");
+
+    // The engine restarts under running workspaces.
+    restart_dockerd();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let info: serde_json::Value = serde_json::from_str(&ok(&cli(&s, &["--json", "info", &a], None))).unwrap();
+        let state = info["state"].as_str().unwrap_or("").to_string();
+        if state == "failed" {
+            assert!(info["error"].as_str().unwrap_or("").contains("exited"), "{info}");
+            break;
+        }
+        // With live-restore the container survives and keeps working.
+        if state == "running" && cli(&s, &["exec", &a, "echo alive"], None).status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workspace state after the engine restart: {info}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let b = ok(&cli(&s, &["create", "--template", "warren-test-busybox"], None));
+    assert_eq!(ok(&cli(&s, &["exec", &b, "echo after restart"], None)), "after restart");
+    let _ = cli(&s, &["kill", &a, &b], None);
+    let left = docker(&["ps", "-aq", "--filter", &format!("label=warren.owner={owner}")]);
+    assert_eq!(left, "", "nothing of ours is left");
 }

@@ -692,9 +692,7 @@ impl Orchestrator {
             };
             let _ = self.provider.destroy(&rec.id).await;
             let msg = reason.to_string();
-            let result = self
-                .transition(&rec.id, State::Failed, move |r| r.error = Some(msg))
-                .await;
+            let result = self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await;
             match result {
                 Ok(_) => {
                     self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);

@@ -40,7 +40,8 @@ fn static_agent() -> PathBuf {
 fn ensure_image() {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
-        let st = Command::new(repo_root().join("scripts/docker-test-image.sh")).arg(IMAGE).status().expect("run script");
+        let st =
+            Command::new(repo_root().join("scripts/docker-test-image.sh")).arg(IMAGE).status().expect("run script");
         assert!(st.success(), "building {IMAGE} failed");
     });
 }
@@ -58,6 +59,22 @@ fn provider(owner: &str) -> DockerProvider {
 
 fn owner(tag: &str) -> String {
     format!("test-{tag}-{}", std::process::id())
+}
+
+/// Removes every container of an owner when dropped, also when a test fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=warren.owner={}", self.0)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).stdout(Stdio::null()).status();
+        }
+    }
 }
 
 fn runsc_available() -> bool {
@@ -87,6 +104,7 @@ async fn cleanup(p: &DockerProvider) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_docker_runc() {
     let o = owner("runc");
+    let _cleanup = Cleanup(o.clone());
     let p = provider(&o);
     println!("{}", p.ping().await.expect("engine answers"));
     warren_provider::conformance::run(&p, || provider(&o), IMAGE).await;
@@ -103,6 +121,7 @@ async fn conformance_on_docker_runsc() {
         return;
     }
     let o = owner("runsc");
+    let _cleanup = Cleanup(o.clone());
     let make = || {
         ensure_image();
         let mut c = config(&o);
@@ -118,6 +137,7 @@ async fn conformance_on_docker_runsc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_cannot_reach_each_other_or_the_outside_in_none_mode() {
     let o = owner("iso");
+    let _cleanup = Cleanup(o.clone());
     let p = provider(&o);
     let (sa, sb) = (spec(IMAGE), spec(IMAGE));
     let a = p.create(&sa).await.unwrap();
@@ -154,6 +174,7 @@ async fn containers_cannot_reach_each_other_or_the_outside_in_none_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_clear_and_change_nothing() {
     let o = owner("err");
+    let _cleanup = Cleanup(o.clone());
     let p = provider(&o);
     let mut s = spec("warren-no-such-image");
     match p.create(&s).await {
@@ -182,6 +203,7 @@ async fn errors_are_clear_and_change_nothing() {
 async fn import_a_docker_save_archive_as_a_template() {
     ensure_image();
     let o = owner("imp");
+    let _cleanup = Cleanup(o.clone());
     let p = provider(&o);
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("img.tar");

@@ -80,6 +80,11 @@ fn b64(d: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(d)
 }
 
+/// The agent could not find the program (e.g. no bash in the image).
+fn no_such_program(e: &warren_proto::client::ClientError) -> bool {
+    e.to_string().contains("No such file or directory")
+}
+
 pub async fn exec(
     State(s): State<AppState>,
     caller: Caller,
@@ -97,13 +102,23 @@ pub async fn exec(
         Some(u) => agent.as_user(u),
         None => agent,
     };
-    let req = StartRequest {
+    let mut req = StartRequest {
         process: Some(ProcessConfig { cmd, args, envs: b.env, cwd: b.cwd }),
         stdin: Some(b.stdin.is_some()),
         ..Default::default()
     };
     let opts = CallOptions { timeout: b.timeout.map(Duration::from_secs), keepalive: Some(30) };
-    let mut stream = agent.start(&req, &opts).await?;
+    let mut stream = match agent.start(&req, &opts).await {
+        // Images without bash (busybox, distroless-ish): the POSIX shell.
+        Err(e) if b.command.is_some() && no_such_program(&e) => {
+            if let Some(p) = req.process.as_mut() {
+                p.cmd = "/bin/sh".into();
+                p.args.remove(0);
+            }
+            agent.start(&req, &opts).await?
+        }
+        other => other?,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(32);
     tokio::spawn(async move {
         if let Some(input) = b.stdin {
@@ -168,16 +183,27 @@ pub async fn pty(
         None => agent,
     };
     let size = PtySize { cols: q.cols.unwrap_or(80).clamp(1, 1000), rows: q.rows.unwrap_or(24).clamp(1, 1000) };
+    let default_shell = q.cmd.is_none();
     let (cmd, args) = match q.cmd {
         Some(c) => (c, vec![]),
         None => ("/bin/bash".to_string(), vec!["-i".to_string(), "-l".to_string()]),
     };
-    let req = StartRequest {
+    let mut req = StartRequest {
         process: Some(ProcessConfig { cmd, args, ..Default::default() }),
         pty: Some(Pty { size: Some(size) }),
         ..Default::default()
     };
-    let mut stream = agent.start(&req, &CallOptions { timeout: None, keepalive: Some(30) }).await?;
+    let opts = CallOptions { timeout: None, keepalive: Some(30) };
+    let mut stream = match agent.start(&req, &opts).await {
+        Err(e) if default_shell && no_such_program(&e) => {
+            if let Some(p) = req.process.as_mut() {
+                p.cmd = "/bin/sh".into();
+                p.args = vec!["-i".into()];
+            }
+            agent.start(&req, &opts).await?
+        }
+        other => other?,
+    };
     let pid = stream.pid().await?;
     Ok(ws.on_upgrade(move |socket| pty_session(socket, agent, stream, pid)))
 }
