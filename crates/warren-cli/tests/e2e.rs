@@ -319,13 +319,16 @@ fn restart_dockerd() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let log = std::fs::File::create("/tmp/warren-test-dockerd.log").unwrap();
-        Command::new("setsid")
+        // `setsid -f`: the engine runs on in its own session after we return.
+        let st = Command::new("setsid")
+            .arg("-f")
             .args(&argv)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
-            .spawn()
+            .status()
             .unwrap();
+        assert!(st.success());
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success() {
