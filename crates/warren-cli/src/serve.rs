@@ -65,6 +65,17 @@ pub struct Config {
     pub tenant_classes: std::collections::HashMap<String, String>,
     /// `[docker]`: the Docker backend's settings.
     pub docker: DockerSection,
+    /// Keep state in Redis (`redis://host:port/db`) instead of the embedded
+    /// store, so several replicas serve one fleet (env WARREN_REDIS_URL).
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis (default `{warren}:`).
+    pub redis_prefix: Option<String>,
+    /// This replica's id (default: hostname-port).
+    pub node_id: Option<String>,
+    /// The URL other replicas reach this one at (default: from `listen`).
+    pub advertise_url: Option<String>,
+    /// Seconds a replica may stay silent before its workspaces are failed.
+    pub replica_timeout: u64,
 }
 
 /// Settings of the Docker backend.
@@ -118,6 +129,11 @@ impl Default for Config {
             default_class: "standard".into(),
             tenant_classes: Default::default(),
             docker: Default::default(),
+            redis_url: None,
+            redis_prefix: None,
+            node_id: None,
+            advertise_url: None,
+            replica_timeout: 30,
         }
     }
 }
@@ -165,6 +181,9 @@ pub fn load_config(args: &ServeArgs) -> Result<Config> {
     if let Some(k) = std::env::var_os("WARREN_TLS_KEY") {
         cfg.tls_key = Some(PathBuf::from(k));
     }
+    if let Ok(u) = std::env::var("WARREN_REDIS_URL") {
+        cfg.redis_url = Some(u).filter(|u| !u.is_empty());
+    }
     if let Ok(d) = std::env::var("WARREN_E2B_DOMAIN") {
         cfg.e2b_domain = Some(d).filter(|d| !d.is_empty());
     }
@@ -189,7 +208,21 @@ fn validate(cfg: &Config) -> Result<()> {
         bail!("data_dir = {}: must be an absolute path", cfg.data_dir.display());
     }
     cost_config(cfg)?;
+    if cfg.replica_timeout < 2 {
+        bail!("replica_timeout = {}: at least 2 seconds", cfg.replica_timeout);
+    }
+    if let Some(u) = &cfg.redis_url {
+        if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+            bail!("redis_url = {u:?}: expected redis://HOST:PORT[/DB]");
+        }
+    }
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "warren".into())
 }
 
 /// The price catalog and classes invoices are computed with.
@@ -322,10 +355,35 @@ async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) ->
 pub async fn run(args: ServeArgs) -> Result<()> {
     let cfg = load_config(&args)?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let store: Arc<dyn StateStore> = Arc::new(
-        RedbStore::open(&cfg.data_dir.join("state.redb"))
-            .map_err(|e| anyhow::anyhow!("opening the state store: {e}"))?,
-    );
+    let listener =
+        tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let (store, node, node_url): (Arc<dyn StateStore>, String, String) = match &cfg.redis_url {
+        None => (
+            Arc::new(
+                RedbStore::open(&cfg.data_dir.join("state.redb"))
+                    .map_err(|e| anyhow::anyhow!("opening the state store: {e}"))?,
+            ),
+            String::new(),
+            String::new(),
+        ),
+        Some(url) => {
+            let store = warren_store_redis::RedisStore::open(url, cfg.redis_prefix.as_deref())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Fail at start, clearly, rather than on the first request.
+            store.list_api_keys().await.map_err(|e| anyhow::anyhow!("{e} (redis_url = {url:?})"))?;
+            let host = hostname();
+            let node = cfg.node_id.clone().unwrap_or_else(|| format!("{host}-{}", addr.port()));
+            let scheme = if cfg.tls_cert.is_some() { "https" } else { "http" };
+            let node_url = match &cfg.advertise_url {
+                Some(u) => u.clone(),
+                None if addr.ip().is_unspecified() => format!("{scheme}://{host}:{}", addr.port()),
+                None => format!("{scheme}://{addr}"),
+            };
+            eprintln!("warren: replica {node} on the shared Redis store, reachable at {node_url}");
+            (Arc::new(store), node, node_url)
+        }
+    };
     let provider = provider(&cfg).await?;
     let orch = Arc::new(Orchestrator::new(
         provider,
@@ -338,6 +396,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             pools: cfg.pools.clone(),
             default_quota: cfg.default_quota.clone(),
             tenant_quotas: cfg.tenant_quotas.clone(),
+            node,
+            node_url,
+            replica_timeout: Duration::from_secs(cfg.replica_timeout),
             ..OrchConfig::default()
         },
     ));
@@ -353,9 +414,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         (Some(c), Some(k)) => Some(warren_server::tls::config(c, k).map_err(|e| anyhow::anyhow!(e))?),
         _ => None,
     };
-    let listener =
-        tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
     let reaper = orch.spawn_reaper();
     let state = AppState::new(orch.clone(), warren_server::e2b::E2bConfig { domain: cfg.e2b_domain.clone() })
         .with_cost(cost_config(&cfg)?);

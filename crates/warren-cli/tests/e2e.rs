@@ -227,7 +227,10 @@ fn bad_configuration_is_refused_clearly() {
     let data = tempfile::tempdir().unwrap();
     for (args, needle) in [
         (vec!["serve", "--listen", "nonsense"], "expected an address"),
-        (vec!["serve", "--listen", "127.0.0.1:0", "--provider", "kubernetes"], "expected \"local\" or \"process\""),
+        (
+            vec!["serve", "--listen", "127.0.0.1:0", "--provider", "kubernetes"],
+            "expected \"local\", \"docker\" or \"process\"",
+        ),
         (vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", "relative/dir"], "absolute"),
     ] {
         let o = Command::new(bin()).args(&args).env("WARREN_DATA_DIR", data.path()).output().unwrap();

@@ -12,12 +12,14 @@ use std::time::Duration;
 use warren_core::{random_token, Clock, Size, State, WorkspaceId};
 use warren_proto::client::AgentClient;
 use warren_provider::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxProvider, Stats, TemplateInfo};
-use warren_store::{EventKind, NewEvent, StateStore, StoreError, WorkspaceRecord};
+use warren_store::{EventKind, NewEvent, NodeRecord, StateStore, StoreError, WorkspaceRecord};
 
 pub mod pool;
 
 /// How often the reaper compares the store with what the backend runs.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a replica sends its heartbeat and runs the sweeper.
+const NODE_BEAT: std::time::Duration = std::time::Duration::from_secs(2);
 pub mod usage;
 
 /// How long a failed workspace stays listed (with its error) before it is purged.
@@ -40,6 +42,14 @@ pub struct Config {
     /// Limits of every tenant without its own entry in `tenant_quotas`.
     pub default_quota: Quota,
     pub tenant_quotas: HashMap<String, Quota>,
+    /// This replica's id when several share a store (empty: alone). Each
+    /// replica owns the workspaces it created on its host-local backend.
+    pub node: String,
+    /// Where other replicas reach this one (its API URL), for forwarding.
+    pub node_url: String,
+    /// A replica silent this long is dead: whichever replica holds the
+    /// sweeper lease marks its workspaces failed.
+    pub replica_timeout: Duration,
 }
 
 /// What one tenant may hold at once, and how fast it may create. `None`: no limit.
@@ -63,6 +73,9 @@ impl Default for Config {
             pools: Vec::new(),
             default_quota: Quota::default(),
             tenant_quotas: HashMap::new(),
+            node: String::new(),
+            node_url: String::new(),
+            replica_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -364,6 +377,7 @@ impl Orchestrator {
             metadata: req.metadata.clone(),
             env: req.env.clone(),
             error: None,
+            node: self.cfg.node.clone(),
         };
         self.store
             .insert_workspace(&rec, event(&rec, now, EventKind::Created { template: rec.template.clone() }))
@@ -425,6 +439,19 @@ impl Orchestrator {
             // Another tenant's workspace does not exist, as far as the caller can tell.
             _ => Err(Error::NotFound(format!("workspace {id} not found"))),
         }
+    }
+
+    /// Records this replica owns (its backend holds them): the ones its
+    /// reaper, idle check, watch, reconcile and pools act on.
+    async fn my_workspaces(&self) -> Result<Vec<WorkspaceRecord>> {
+        let mut all = self.store.list_workspaces().await?;
+        all.retain(|r| r.node == self.cfg.node);
+        Ok(all)
+    }
+
+    /// This replica's id (empty in a single-server setup).
+    pub fn node(&self) -> &str {
+        &self.cfg.node
     }
 
     pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<WorkspaceRecord>> {
@@ -589,7 +616,7 @@ impl Orchestrator {
         let Some(limit) = self.cfg.idle_timeout else { return Ok(0) };
         let now = self.clock.now_ms();
         let mut n = 0;
-        for rec in self.store.list_workspaces().await? {
+        for rec in self.my_workspaces().await? {
             if rec.state != State::Running
                 || rec.tenant == pool::POOL_TENANT
                 || self.last_activity(&rec) + limit.as_millis() as u64 > now
@@ -624,7 +651,7 @@ impl Orchestrator {
     pub async fn reap_once(&self) -> Result<usize> {
         let now = self.clock.now_ms();
         let mut n = 0;
-        for rec in self.store.list_workspaces().await? {
+        for rec in self.my_workspaces().await? {
             let pooled = rec.tenant == pool::POOL_TENANT;
             let expired = !pooled && matches!(rec.state, State::Running | State::Paused) && rec.expires_at_ms <= now;
             // A kill that died half-way is finished; failures stay visible for a while.
@@ -646,7 +673,19 @@ impl Orchestrator {
         let me = self.clone();
         tokio::spawn(async move {
             let mut last_watch = std::time::Instant::now();
+            let mut last_beat: Option<std::time::Instant> = None;
             loop {
+                if !me.cfg.node.is_empty() && last_beat.is_none_or(|t| t.elapsed() >= NODE_BEAT) {
+                    last_beat = Some(std::time::Instant::now());
+                    if let Err(e) = me.heartbeat().await {
+                        eprintln!("warren: heartbeat: {e}");
+                    }
+                    match me.sweep_dead_nodes().await {
+                        Ok(0) => {}
+                        Ok(n) => eprintln!("warren: {n} workspace(s) of dead replicas marked failed"),
+                        Err(e) => eprintln!("warren: sweeper: {e}"),
+                    }
+                }
                 me.refill_pools().await;
                 tokio::time::sleep(me.cfg.reap_interval).await;
                 if last_watch.elapsed() >= WATCH_INTERVAL {
@@ -667,6 +706,56 @@ impl Orchestrator {
         })
     }
 
+    /// Tells the other replicas this one is alive and where it listens.
+    pub async fn heartbeat(&self) -> Result<()> {
+        let node = NodeRecord {
+            id: self.cfg.node.clone(),
+            url: self.cfg.node_url.clone(),
+            expires_at_ms: self.clock.now_ms() + self.cfg.replica_timeout.as_millis() as u64,
+        };
+        Ok(self.store.put_node(&node).await?)
+    }
+
+    /// Where a replica listens, if it is alive (None: unknown or dead).
+    pub async fn live_node_url(&self, node: &str) -> Result<Option<String>> {
+        let now = self.clock.now_ms();
+        Ok(self.store.list_nodes().await?.into_iter().find(|n| n.id == node && n.expires_at_ms > now).map(|n| n.url))
+    }
+
+    /// Under the cluster-wide sweeper lease (one replica at a time; another
+    /// takes over within seconds when it dies): marks the live workspaces of
+    /// replicas whose heartbeat stopped as failed, so tenants see the truth
+    /// and metering stops. Returns how many were marked.
+    pub async fn sweep_dead_nodes(&self) -> Result<usize> {
+        let lease = self.cfg.replica_timeout.clamp(Duration::from_secs(2), Duration::from_secs(10));
+        if !self.store.lease("sweeper", &self.cfg.node, lease).await? {
+            return Ok(0);
+        }
+        let now = self.clock.now_ms();
+        let dead: std::collections::HashSet<String> = self
+            .store
+            .list_nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.id != self.cfg.node && n.expires_at_ms < now)
+            .map(|n| n.id)
+            .collect();
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let mut marked = 0;
+        for rec in self.store.list_workspaces().await? {
+            if !dead.contains(&rec.node) || !matches!(rec.state, State::Creating | State::Running | State::Paused) {
+                continue;
+            }
+            let msg = format!("its server replica {} stopped answering", rec.node);
+            if self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await.is_ok() {
+                marked += 1;
+            }
+        }
+        Ok(marked)
+    }
+
     /// Finds live workspaces whose backend says they ended on their own
     /// (crash, OOM kill, engine restart, a cloud stopping a task) and marks
     /// them failed with the reason, so clients get an honest state and
@@ -676,7 +765,7 @@ impl Orchestrator {
         let live: HashMap<WorkspaceId, RunState> =
             self.provider.list().await?.into_iter().map(|s| (s.id, s.state)).collect();
         let mut marked = 0;
-        for rec in self.store.list_workspaces().await? {
+        for rec in self.my_workspaces().await? {
             // Only records older than the backend's answer: a workspace
             // created meanwhile is not missing, just new.
             if rec.provider != self.provider.name()
@@ -712,7 +801,7 @@ impl Orchestrator {
         let mut report = ReconcileReport::default();
         let live: HashMap<WorkspaceId, warren_provider::SandboxInfo> =
             self.provider.list().await?.into_iter().map(|s| (s.id.clone(), s)).collect();
-        let records = self.store.list_workspaces().await?;
+        let records = self.my_workspaces().await?;
         let known: std::collections::HashSet<WorkspaceId> = records.iter().map(|r| r.id.clone()).collect();
         for rec in records {
             if rec.provider != self.provider.name() {

@@ -179,8 +179,7 @@ impl Orchestrator {
         let started = Instant::now();
         counters.policy().record_claim(self.clock.now_ms());
         let mut candidates: Vec<WorkspaceRecord> = self
-            .store
-            .list_workspaces()
+            .my_workspaces()
             .await?
             .into_iter()
             .filter(|r| {
@@ -261,7 +260,7 @@ impl Orchestrator {
         if self.pools.specs.is_empty() {
             return;
         }
-        let Ok(all) = self.store.list_workspaces().await else { return };
+        let Ok(all) = self.my_workspaces().await else { return };
         // Current template revisions; a template the backend cannot list
         // keeps its members (no revision to compare with).
         let revisions: BTreeMap<String, String> = match self.provider.templates().await {
@@ -380,7 +379,7 @@ impl Orchestrator {
     }
 
     pub async fn pool_status(&self) -> Result<Vec<PoolStatus>> {
-        let all = self.store.list_workspaces().await?;
+        let all = self.my_workspaces().await?;
         Ok(self
             .pools
             .specs

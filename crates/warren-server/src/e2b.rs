@@ -349,7 +349,7 @@ pub async fn metrics(
 // ---- data-plane gateway ----
 
 /// The sandbox and port a request is for, if it is gateway traffic.
-fn route(headers: &HeaderMap, path: &str, host: Option<&str>, cfg: &E2bConfig) -> Option<(String, u16)> {
+pub(crate) fn route(headers: &HeaderMap, path: &str, host: Option<&str>, cfg: &E2bConfig) -> Option<(String, u16)> {
     if let Some(id) = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
         let port = headers
             .get("e2b-sandbox-port")

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod e2b;
 pub mod error;
 pub mod exec;
+pub mod forward;
 pub mod metrics;
 pub mod openapi;
 pub mod tls;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub idempotency: Arc<e2b::Idempotency>,
     pub cpu_samples: Arc<e2b::CpuSamples>,
     pub cost: Arc<CostConfig>,
+    pub forward: forward::ForwardClient,
 }
 
 /// How invoices are priced: the catalog, which of its setups this
@@ -85,6 +87,7 @@ impl AppState {
             idempotency: Default::default(),
             cpu_samples: Default::default(),
             cost: Default::default(),
+            forward: forward::client(),
         }
     }
 
@@ -144,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(api::no_route)
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), e2b::gateway))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), forward::forward))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
         .with_state(state)
 }

@@ -25,6 +25,7 @@ pub fn record(tenant: &str) -> WorkspaceRecord {
         metadata: BTreeMap::new(),
         env: BTreeMap::new(),
         error: None,
+        node: String::new(),
     }
 }
 
@@ -167,4 +168,33 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
         assert_eq!(again.events_since(base_seq, usize::MAX).await.unwrap().len(), 28);
         assert!(again.get_api_key(&key.hash).await.unwrap().unwrap().revoked);
     }
+}
+
+/// For stores several replicas share: two handles on one store. Leases go
+/// to one holder at a time and pass on when they expire; heartbeats are
+/// visible to every handle.
+pub async fn run_shared<S: StateStore>(a: Arc<S>, b: Arc<S>) {
+    use std::time::Duration;
+    let ttl = Duration::from_millis(400);
+    let name = format!("lease-{}", WorkspaceId::generate());
+    assert!(a.lease(&name, "node-a", ttl).await.unwrap(), "a free lease is granted");
+    assert!(!b.lease(&name, "node-b", ttl).await.unwrap(), "a held lease is refused");
+    assert!(a.lease(&name, "node-a", ttl).await.unwrap(), "the holder renews");
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert!(b.lease(&name, "node-b", ttl).await.unwrap(), "an expired lease passes on");
+    assert!(!a.lease(&name, "node-a", ttl).await.unwrap(), "the old holder lost it");
+    let other = format!("lease-{}", WorkspaceId::generate());
+    assert!(a.lease(&other, "node-a", ttl).await.unwrap(), "leases are independent");
+
+    let n = crate::NodeRecord {
+        id: format!("n-{}", WorkspaceId::generate()),
+        url: "http://10.0.0.1:7474".into(),
+        expires_at_ms: 5,
+    };
+    a.put_node(&n).await.unwrap();
+    assert!(b.list_nodes().await.unwrap().contains(&n));
+    let n2 = crate::NodeRecord { expires_at_ms: 9, ..n.clone() };
+    b.put_node(&n2).await.unwrap();
+    let seen: Vec<_> = a.list_nodes().await.unwrap().into_iter().filter(|x| x.id == n.id).collect();
+    assert_eq!(seen, vec![n2], "a heartbeat replaces the previous one");
 }

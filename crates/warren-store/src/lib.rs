@@ -46,6 +46,19 @@ pub struct WorkspaceRecord {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The server replica that owns it (empty: a single-server setup).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+}
+
+/// A server replica: where other replicas reach it, and until when its last
+/// heartbeat vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    pub id: String,
+    pub url: String,
+    pub expires_at_ms: u64,
 }
 
 /// What happened.
@@ -142,4 +155,23 @@ pub trait StateStore: Send + Sync + 'static {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
     async fn get_api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>>;
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>>;
+
+    /// Takes or renews the named lease for `holder` for `ttl`; true when
+    /// `holder` holds it afterwards. A store only one process can open
+    /// (the embedded one) grants every lease.
+    async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        let _ = (name, holder, ttl);
+        Ok(true)
+    }
+
+    /// Records a replica's heartbeat (replaces the previous one).
+    async fn put_node(&self, node: &NodeRecord) -> Result<()> {
+        let _ = node;
+        Ok(())
+    }
+
+    /// Every replica that sent a heartbeat (expired ones included).
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>> {
+        Ok(Vec::new())
+    }
 }

@@ -13,6 +13,8 @@ struct Inner {
     workspaces: BTreeMap<WorkspaceId, WorkspaceRecord>,
     events: Vec<Event>,
     keys: BTreeMap<String, ApiKeyRecord>,
+    leases: BTreeMap<String, (String, std::time::Instant)>,
+    nodes: BTreeMap<String, crate::NodeRecord>,
 }
 
 #[derive(Default)]
@@ -85,5 +87,26 @@ impl StateStore for MemoryStore {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
         Ok(self.lock().keys.values().cloned().collect())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        let mut g = self.lock();
+        let now = std::time::Instant::now();
+        match g.leases.get(name) {
+            Some((h, until)) if h != holder && *until > now => Ok(false),
+            _ => {
+                g.leases.insert(name.to_string(), (holder.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn put_node(&self, node: &crate::NodeRecord) -> Result<()> {
+        self.lock().nodes.insert(node.id.clone(), node.clone());
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<crate::NodeRecord>> {
+        Ok(self.lock().nodes.values().cloned().collect())
     }
 }

@@ -5,6 +5,8 @@ use warren_store::{conformance, MemoryStore, RedbStore};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_passes() {
     conformance::run(Arc::new(MemoryStore::new()), None).await;
+    let shared = Arc::new(MemoryStore::new());
+    conformance::run_shared(shared.clone(), shared).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
