@@ -50,6 +50,10 @@ pub fn bind(ep: &Endpoint) -> std::io::Result<Listener> {
             std.set_nonblocking(true)?;
             Ok(Listener::Tcp(tokio::net::TcpListener::from_std(std)?))
         }
+        Endpoint::Gateway { .. } => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot listen on {ep}: a gateway endpoint is for clients"),
+        )),
     }
 }
 

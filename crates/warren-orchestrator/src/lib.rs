@@ -408,8 +408,16 @@ impl Orchestrator {
             Ok(info) => {
                 let endpoint = info.endpoint.to_string();
                 let started = self.clock.now_ms();
+                let backend_token = info.access_token.clone();
+                if let Err(e) = self.provider.set_deadline(&rec.id, timeout.as_secs()).await {
+                    eprintln!("warren: deadline of {}: {e}", rec.id);
+                }
                 self.transition(&rec.id, State::Running, move |r| {
                     r.endpoint = Some(endpoint);
+                    // A backend that assigns its own agent token (E2B) wins.
+                    if let Some(t) = backend_token {
+                        r.access_token = t;
+                    }
                     // The timeout counts from when the workspace is usable.
                     r.expires_at_ms = started + timeout.as_millis() as u64;
                     r.last_activity_ms = started;
@@ -447,6 +455,11 @@ impl Orchestrator {
         let mut all = self.store.list_workspaces().await?;
         all.retain(|r| r.node == self.cfg.node);
         Ok(all)
+    }
+
+    /// The size workspaces get unless they ask.
+    pub fn default_size(&self) -> Size {
+        self.cfg.default_size
     }
 
     /// This replica's id (empty in a single-server setup).
@@ -524,6 +537,11 @@ impl Orchestrator {
                 }),
             )
             .await?;
+        if rec.expires_at_ms == until {
+            if let Err(e) = self.provider.set_deadline(id, t.as_secs()).await {
+                eprintln!("warren: deadline of {id}: {e}");
+            }
+        }
         Ok(rec)
     }
 

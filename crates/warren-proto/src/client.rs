@@ -154,7 +154,7 @@ impl AgentClient {
         let transport = |source| ClientError::Transport { endpoint: self.inner.endpoint.to_string(), source };
         let sender = match &self.inner.endpoint {
             Endpoint::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await.map_err(transport)?).await?,
-            Endpoint::Tcp(a) => {
+            Endpoint::Tcp(a) | Endpoint::Gateway { addr: a, .. } => {
                 // A workspace that is gone leaves an address nobody answers:
                 // give up after a bound instead of the kernel's SYN retries.
                 let s = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a.as_str()))
@@ -176,6 +176,11 @@ impl AgentClient {
         *req.uri_mut() = format!("http://agent{pq}")
             .parse()
             .map_err(|e| ClientError::Protocol(format!("bad request path {pq:?}: {e}")))?;
+        if let Endpoint::Gateway { sandbox, .. } = &self.inner.endpoint {
+            let v = http::HeaderValue::from_str(sandbox)
+                .map_err(|e| ClientError::Protocol(format!("sandbox id {sandbox:?}: {e}")))?;
+            req.headers_mut().insert("e2b-sandbox-id", v);
+        }
         let mut attempt = 0;
         loop {
             let mut sender = self.sender().await?;

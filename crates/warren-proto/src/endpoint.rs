@@ -11,6 +11,9 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `tcp://10.0.0.2:49983` (also accepted: `http://…`)
     Tcp(String),
+    /// An agent behind an E2B-compatible gateway: `e2b://HOST:PORT/SANDBOX`
+    /// (HTTP/2 to HOST:PORT, every request carrying `E2b-Sandbox-Id`).
+    Gateway { addr: String, sandbox: String },
 }
 
 impl FromStr for Endpoint {
@@ -29,7 +32,14 @@ impl FromStr for Endpoint {
             }
             return Ok(Endpoint::Tcp(a.to_string()));
         }
-        Err(format!("endpoint {s:?}: expected unix://PATH or tcp://HOST:PORT"))
+        if let Some(rest) = s.strip_prefix("e2b://") {
+            let (addr, sandbox) = rest
+                .split_once('/')
+                .filter(|(a, sb)| a.contains(':') && !sb.is_empty() && !sb.contains('/'))
+                .ok_or_else(|| format!("endpoint {s:?}: expected e2b://HOST:PORT/SANDBOX"))?;
+            return Ok(Endpoint::Gateway { addr: addr.to_string(), sandbox: sandbox.to_string() });
+        }
+        Err(format!("endpoint {s:?}: expected unix://PATH, tcp://HOST:PORT or e2b://HOST:PORT/SANDBOX"))
     }
 }
 
@@ -38,6 +48,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Gateway { addr, sandbox } => write!(f, "e2b://{addr}/{sandbox}"),
         }
     }
 }
@@ -54,5 +65,11 @@ mod tests {
         assert!("ftp://x".parse::<Endpoint>().is_err());
         assert!("tcp://nohost".parse::<Endpoint>().is_err());
         assert!("unix://".parse::<Endpoint>().is_err());
+        let g: Endpoint = "e2b://10.0.0.1:7474/abc123".parse().unwrap();
+        assert_eq!(g, Endpoint::Gateway { addr: "10.0.0.1:7474".into(), sandbox: "abc123".into() });
+        assert_eq!(g.to_string(), "e2b://10.0.0.1:7474/abc123");
+        for bad in ["e2b://host/abc", "e2b://h:1/", "e2b://h:1/a/b", "e2b://h:1"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
     }
 }

@@ -272,6 +272,7 @@ impl DockerProvider {
                 .iter()
                 .filter_map(|(k, v)| k.strip_prefix(L_USER).map(|k| (k.to_string(), v.clone())))
                 .collect(),
+            access_token: None,
         })
     }
 

@@ -150,6 +150,7 @@ impl LocalProvider {
             endpoint: Endpoint::Unix(self.dir(id).join("agent.sock")),
             created_at_ms: m.created_at_ms,
             labels: m.labels.clone(),
+            access_token: None,
         }
     }
 

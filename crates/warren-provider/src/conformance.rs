@@ -24,7 +24,8 @@ pub fn spec(template: &str) -> CreateSpec {
 }
 
 fn client(info: &crate::SandboxInfo, spec: &CreateSpec) -> AgentClient {
-    AgentClient::new(info.endpoint.clone()).with_access_token(spec.access_token.clone())
+    let token = info.access_token.clone().or_else(|| spec.access_token.clone());
+    AgentClient::new(info.endpoint.clone()).with_access_token(token)
 }
 
 /// Runs the whole suite against `provider`. `reopen` builds a second

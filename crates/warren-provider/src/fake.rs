@@ -81,6 +81,7 @@ impl ProcessProvider {
             endpoint: Endpoint::Unix(self.dir(id).join("agent.sock")),
             created_at_ms: m.created_at_ms,
             labels: m.labels.clone(),
+            access_token: None,
         }
     }
 

@@ -98,6 +98,10 @@ pub struct SandboxInfo {
     pub endpoint: Endpoint,
     pub created_at_ms: u64,
     pub labels: BTreeMap<String, String>,
+    /// The agent's access token when the backend assigns its own (E2B);
+    /// None: the one from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 mod endpoint_str {
@@ -184,6 +188,12 @@ pub trait SandboxProvider: Send + Sync + 'static {
     async fn stop(&self, id: &WorkspaceId) -> Result<()>;
     async fn destroy(&self, id: &WorkspaceId) -> Result<()>;
     async fn stats(&self, id: &WorkspaceId) -> Result<Stats>;
+    /// Tells the backend when the orchestrator will end the workspace, for
+    /// backends with their own timeout (E2B). Others ignore it.
+    async fn set_deadline(&self, id: &WorkspaceId, seconds_from_now: u64) -> Result<()> {
+        let _ = (id, seconds_from_now);
+        Ok(())
+    }
     /// Imports an OCI image archive (`docker save` or an OCI layout in a tar)
     /// as template `name`. Backends without image import refuse.
     async fn import_template(&self, name: &str, archive: &std::path::Path) -> Result<TemplateInfo> {

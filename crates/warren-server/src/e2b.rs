@@ -114,6 +114,31 @@ fn no_retry(mut r: Response) -> Response {
     r
 }
 
+/// `GET /templates`: the templates sandboxes can be made from, each with
+/// the size it gives (warren's default size).
+pub async fn templates(State(s): State<AppState>, _caller: Caller) -> ApiResult<Json<Vec<Value>>> {
+    let size = s.orch.default_size();
+    Ok(Json(
+        s.orch
+            .templates()
+            .await?
+            .into_iter()
+            .map(|t| {
+                json!({
+                    "templateID": t.name,
+                    "buildID": t.revision,
+                    "aliases": [t.name],
+                    "cpuCount": size.vcpus(),
+                    "memoryMB": size.memory_mib,
+                    "diskSizeMB": size.disk_mib,
+                    "public": false,
+                    "buildStatus": "ready",
+                })
+            })
+            .collect(),
+    ))
+}
+
 /// `POST /sandboxes` and `POST /v2/sandboxes`.
 pub async fn create(
     State(s): State<AppState>,

@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workspaces/{id}/files", get(api::download).put(api::upload).layer(DefaultBodyLimit::disable()));
     let e2b_api = Router::new()
         .route("/sandboxes", post(e2b::create).get(e2b::list))
+        .route("/templates", get(e2b::templates))
         .route("/v2/sandboxes", post(e2b::create).get(e2b::list))
         .route("/sandboxes/{id}", get(e2b::detail).delete(e2b::kill))
         .route("/sandboxes/{id}/timeout", post(e2b::timeout))

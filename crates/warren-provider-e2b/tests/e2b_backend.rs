@@ -1,0 +1,111 @@
+//! The E2B backend against a second warren acting as "the E2B cloud"
+//! through its own E2B-compatible API: the provider conformance suite, and
+//! the orchestrator running workspaces on it end to end.
+
+use std::sync::Arc;
+
+use warren_orchestrator::{CreateRequest, Orchestrator};
+use warren_provider::{ProviderError, SandboxProvider};
+use warren_provider_e2b::{E2bBackendConfig, E2bProvider};
+use warren_store::{MemoryStore, StateStore as _};
+
+const KEY: &str = "e2b_c10dc10dc10dc10dc10dc10dc10dc10dc10dc10d";
+
+/// The local provider's helper, built beside the test binaries if missing.
+fn sandbox_helper() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("warren-sandbox");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-p", "warren-provider-local", "--bin", "warren-sandbox"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    bin
+}
+
+/// A warren serving the E2B API on a free port, its workspaces isolated by
+/// the local provider (as E2B's are by microVMs); returns its URL.
+async fn cloud(dir: &std::path::Path) -> String {
+    let store = Arc::new(MemoryStore::new());
+    store.put_api_key(&warren_server::auth::record(KEY, "cloud-team", "test", false, 0)).await.unwrap();
+    let provider = Arc::new(
+        warren_provider_local::LocalProvider::new(warren_provider_local::LocalConfig {
+            state_dir: dir.join("cloud"),
+            agent: warren_provider::conformance::agent_binary(),
+            helper: sandbox_helper(),
+            seccomp: true,
+        })
+        .expect("local provider (run as root)"),
+    );
+    let orch = Arc::new(Orchestrator::new(provider, store, Arc::new(warren_core::SystemClock), Default::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warren_server::serve(
+        listener,
+        warren_server::AppState::new(orch, Default::default()),
+        std::future::pending(),
+    ));
+    url
+}
+
+fn backend(url: &str, owner: &str) -> E2bProvider {
+    let mut c = E2bBackendConfig::new(url, KEY);
+    c.owner = owner.into();
+    E2bProvider::new(c).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_through_an_e2b_compatible_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = cloud(dir.path()).await;
+    let p = backend(&url, "conf");
+    warren_provider::conformance::run(&p, || backend(&url, "conf"), "base").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_keys_and_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = cloud(dir.path()).await;
+    let p = backend(&url, "sizes");
+    // More than the template gives: refused with the template's figures, nothing left behind.
+    let mut spec = warren_provider::conformance::spec("base");
+    spec.size.millicpus = 8000;
+    match p.create(&spec).await {
+        Err(ProviderError::InvalidSpec(m)) => assert!(m.contains("gives 2 vCPU"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(p.list().await.unwrap().is_empty());
+    // A wrong key is a clear error.
+    let bad = E2bProvider::new(E2bBackendConfig::new(&url, "e2b_wrong")).unwrap();
+    match bad.list().await {
+        Err(ProviderError::Unavailable(m)) => assert!(m.contains("API key"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Another installation's sandboxes are not ours.
+    let spec = warren_provider::conformance::spec("base");
+    p.create(&spec).await.unwrap();
+    assert!(backend(&url, "someone-else").list().await.unwrap().is_empty());
+    p.destroy(&spec.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orchestrator_runs_workspaces_on_e2b() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = cloud(dir.path()).await;
+    let p: Arc<dyn SandboxProvider> = Arc::new(backend(&url, "orch"));
+    let orch = Orchestrator::new(p.clone(), Arc::new(MemoryStore::new()), Arc::new(warren_core::SystemClock), Default::default());
+    let rec = orch
+        .create(CreateRequest { tenant: "t".into(), template: "base".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let (_, agent) = orch.agent(Some("t"), &rec.id).await.unwrap();
+    let out = agent.sh("echo on e2b").await.unwrap();
+    assert_eq!(out.stdout, b"on e2b\n");
+    // The timeout moves the remote deadline too.
+    orch.set_timeout(Some("t"), &rec.id, std::time::Duration::from_secs(600)).await.unwrap();
+    orch.kill(Some("t"), &rec.id).await.unwrap();
+    assert!(p.list().await.unwrap().is_empty());
+}
