@@ -76,6 +76,42 @@ pub struct Config {
     pub advertise_url: Option<String>,
     /// Seconds a replica may stay silent before its workspaces are failed.
     pub replica_timeout: u64,
+    /// `[e2b_backend]`: an E2B-compatible API as a backend.
+    pub e2b_backend: E2bBackendSection,
+    /// `[routing]`: several backends, chosen per template or tenant, with overflow.
+    pub routing: Option<RoutingSection>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct E2bBackendSection {
+    /// e.g. `https://api.e2b.app`, or another warren's URL.
+    pub api_url: Option<String>,
+    /// The API key (env E2B_API_KEY).
+    pub api_key: Option<String>,
+    /// HOST:PORT of the envd gateway (default: the API's).
+    pub envd_addr: Option<String>,
+    /// Metadata value marking this installation's sandboxes.
+    pub owner: String,
+}
+
+impl Default for E2bBackendSection {
+    fn default() -> Self {
+        E2bBackendSection { api_url: None, api_key: None, envd_addr: None, owner: "warren".into() }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// Backend for creates no route matches.
+    pub default: String,
+    /// Backend for creates the chosen one cannot take (full or down).
+    #[serde(default)]
+    pub overflow: Option<String>,
+    /// `[[routing.routes]]`: backend, templates, tenants.
+    #[serde(default)]
+    pub routes: Vec<warren_provider::routing::Route>,
 }
 
 /// Settings of the Docker backend.
@@ -134,6 +170,8 @@ impl Default for Config {
             node_id: None,
             advertise_url: None,
             replica_timeout: 30,
+            e2b_backend: Default::default(),
+            routing: None,
         }
     }
 }
@@ -195,8 +233,16 @@ fn validate(cfg: &Config) -> Result<()> {
     cfg.listen
         .parse::<std::net::SocketAddr>()
         .with_context(|| format!("listen = {:?}: expected an address like 127.0.0.1:7474", cfg.listen))?;
-    if !["local", "process", "docker"].contains(&cfg.provider.as_str()) {
-        bail!("provider = {:?}: expected \"local\", \"docker\" or \"process\"", cfg.provider);
+    let backends = ["local", "process", "docker", "e2b"];
+    if !backends.contains(&cfg.provider.as_str()) {
+        bail!("provider = {:?}: expected \"local\", \"docker\", \"e2b\" or \"process\"", cfg.provider);
+    }
+    if let Some(r) = &cfg.routing {
+        for b in std::iter::once(&r.default).chain(r.overflow.iter()).chain(r.routes.iter().map(|x| &x.backend)) {
+            if !backends.contains(&b.as_str()) {
+                bail!("[routing]: backend {b:?}: expected local, docker, e2b or process");
+            }
+        }
     }
     if cfg.default_timeout == 0 || cfg.default_timeout > cfg.max_timeout {
         bail!("default_timeout = {}: must be between 1 and max_timeout ({})", cfg.default_timeout, cfg.max_timeout);
@@ -248,6 +294,38 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 async fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
+    let Some(r) = &cfg.routing else { return backend(cfg, &cfg.provider).await };
+    let mut names: Vec<&str> = vec![r.default.as_str()];
+    names.extend(r.overflow.as_deref());
+    names.extend(r.routes.iter().map(|x| x.backend.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    let mut backends = Vec::new();
+    for n in names {
+        backends.push((n.to_string(), backend(cfg, n).await?));
+    }
+    let router =
+        warren_provider::routing::RoutingProvider::new(backends, r.routes.clone(), &r.default, r.overflow.as_deref())
+            .map_err(|e| anyhow::anyhow!("[routing]: {e}"))?;
+    Ok(Arc::new(router))
+}
+
+/// One backend by name: local, docker, process or e2b.
+async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
+    if name == "e2b" {
+        let e = &cfg.e2b_backend;
+        let url = e.api_url.clone().context("[e2b_backend] api_url is required for the e2b backend")?;
+        let key = e
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("E2B_API_KEY").ok())
+            .context("[e2b_backend] api_key (or env E2B_API_KEY) is required for the e2b backend")?;
+        let mut c = warren_provider_e2b::E2bBackendConfig::new(url, key);
+        c.owner = e.owner.clone();
+        c.envd_addr = e.envd_addr.clone();
+        let p = warren_provider_e2b::E2bProvider::new(c).map_err(|e| anyhow::anyhow!("{e}"))?;
+        return Ok(Arc::new(p));
+    }
     let agent = match (&cfg.agent, std::env::var_os("WARREN_AGENT_BIN")) {
         (Some(a), _) => a.clone(),
         (None, Some(a)) => PathBuf::from(a),
@@ -271,7 +349,7 @@ async fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
             agent.display()
         );
     }
-    Ok(match cfg.provider.as_str() {
+    Ok(match name {
         "process" => Arc::new(warren_provider::fake::ProcessProvider::new(cfg.data_dir.join("process"), agent)),
         "docker" => {
             let agent = std::fs::canonicalize(&agent).with_context(|| format!("agent {}", agent.display()))?;

@@ -180,8 +180,12 @@ impl E2bProvider {
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         loop {
-            let mut url = reqwest::Url::parse(&self.url("/v2/sandboxes")).map_err(|e| ProviderError::Internal(e.to_string()))?;
-            url.query_pairs_mut().append_pair("metadata", &filter).append_pair("state", "running,paused").append_pair("limit", "1000");
+            let mut url =
+                reqwest::Url::parse(&self.url("/v2/sandboxes")).map_err(|e| ProviderError::Internal(e.to_string()))?;
+            url.query_pairs_mut()
+                .append_pair("metadata", &filter)
+                .append_pair("state", "running,paused")
+                .append_pair("limit", "1000");
             if let Some(t) = &next {
                 url.query_pairs_mut().append_pair("nextToken", t);
             }
@@ -298,7 +302,8 @@ impl SandboxProvider for E2bProvider {
             Err(ProviderError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let mut metadata: BTreeMap<String, String> = spec.labels.iter().map(|(k, v)| (format!("{M_LABEL}{k}"), v.clone())).collect();
+        let mut metadata: BTreeMap<String, String> =
+            spec.labels.iter().map(|(k, v)| (format!("{M_LABEL}{k}"), v.clone())).collect();
         metadata.insert(M_ID.into(), spec.id.to_string());
         metadata.insert(M_OWNER.into(), self.cfg.owner.clone());
         let body = json!({
@@ -374,7 +379,8 @@ impl SandboxProvider for E2bProvider {
 
     async fn stats(&self, id: &WorkspaceId) -> Result<Stats> {
         let d = self.detail_of(id).await?;
-        let (status, v) = self.call(reqwest::Method::GET, &format!("/sandboxes/{}/metrics", d.sandbox_id), None).await?;
+        let (status, v) =
+            self.call(reqwest::Method::GET, &format!("/sandboxes/{}/metrics", d.sandbox_id), None).await?;
         if status != 200 {
             return Err(Self::classify(status, &v, &format!("metrics of {id}")));
         }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use warren_orchestrator::{CreateRequest, Orchestrator};
+use warren_provider::routing::{Route, RoutingProvider};
 use warren_provider::{ProviderError, SandboxProvider};
 use warren_provider_e2b::{E2bBackendConfig, E2bProvider};
 use warren_store::{MemoryStore, StateStore as _};
@@ -96,11 +97,14 @@ async fn the_orchestrator_runs_workspaces_on_e2b() {
     let dir = tempfile::tempdir().unwrap();
     let url = cloud(dir.path()).await;
     let p: Arc<dyn SandboxProvider> = Arc::new(backend(&url, "orch"));
-    let orch = Orchestrator::new(p.clone(), Arc::new(MemoryStore::new()), Arc::new(warren_core::SystemClock), Default::default());
-    let rec = orch
-        .create(CreateRequest { tenant: "t".into(), template: "base".into(), ..Default::default() })
-        .await
-        .unwrap();
+    let orch = Orchestrator::new(
+        p.clone(),
+        Arc::new(MemoryStore::new()),
+        Arc::new(warren_core::SystemClock),
+        Default::default(),
+    );
+    let rec =
+        orch.create(CreateRequest { tenant: "t".into(), template: "base".into(), ..Default::default() }).await.unwrap();
     let (_, agent) = orch.agent(Some("t"), &rec.id).await.unwrap();
     let out = agent.sh("echo on e2b").await.unwrap();
     assert_eq!(out.stdout, b"on e2b\n");
@@ -108,4 +112,117 @@ async fn the_orchestrator_runs_workspaces_on_e2b() {
     orch.set_timeout(Some("t"), &rec.id, std::time::Duration::from_secs(600)).await.unwrap();
     orch.kill(Some("t"), &rec.id).await.unwrap();
     assert!(p.list().await.unwrap().is_empty());
+}
+
+/// A backend that is "full" beyond `max` live workspaces (a fleet at capacity).
+struct Full {
+    inner: Arc<dyn SandboxProvider>,
+    max: usize,
+}
+
+#[async_trait::async_trait]
+impl SandboxProvider for Full {
+    fn name(&self) -> &str {
+        "own"
+    }
+    fn capabilities(&self) -> warren_provider::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn templates(&self) -> warren_provider::Result<Vec<warren_provider::TemplateInfo>> {
+        self.inner.templates().await
+    }
+    async fn create(
+        &self,
+        spec: &warren_provider::CreateSpec,
+    ) -> warren_provider::Result<warren_provider::SandboxInfo> {
+        if self.inner.list().await?.len() >= self.max {
+            return Err(ProviderError::Capacity(format!("own fleet full ({} workspaces)", self.max)));
+        }
+        self.inner.create(spec).await
+    }
+    async fn inspect(&self, id: &warren_core::WorkspaceId) -> warren_provider::Result<warren_provider::SandboxInfo> {
+        self.inner.inspect(id).await
+    }
+    async fn list(&self) -> warren_provider::Result<Vec<warren_provider::SandboxInfo>> {
+        self.inner.list().await
+    }
+    async fn pause(&self, id: &warren_core::WorkspaceId) -> warren_provider::Result<()> {
+        self.inner.pause(id).await
+    }
+    async fn resume(&self, id: &warren_core::WorkspaceId) -> warren_provider::Result<()> {
+        self.inner.resume(id).await
+    }
+    async fn stop(&self, id: &warren_core::WorkspaceId) -> warren_provider::Result<()> {
+        self.inner.stop(id).await
+    }
+    async fn destroy(&self, id: &warren_core::WorkspaceId) -> warren_provider::Result<()> {
+        self.inner.destroy(id).await
+    }
+    async fn stats(&self, id: &warren_core::WorkspaceId) -> warren_provider::Result<warren_provider::Stats> {
+        self.inner.stats(id).await
+    }
+}
+
+fn own_fleet(dir: &std::path::Path, max: usize) -> Arc<dyn SandboxProvider> {
+    let local = warren_provider_local::LocalProvider::new(warren_provider_local::LocalConfig {
+        state_dir: dir.join("own"),
+        agent: warren_provider::conformance::agent_binary(),
+        helper: sandbox_helper(),
+        seccomp: true,
+    })
+    .unwrap();
+    Arc::new(Full { inner: Arc::new(local), max })
+}
+
+fn router(own: Arc<dyn SandboxProvider>, e2b: E2bProvider, routes: Vec<Route>) -> RoutingProvider {
+    RoutingProvider::new(vec![("own".into(), own), ("e2b".into(), Arc::new(e2b))], routes, "own", Some("e2b")).unwrap()
+}
+
+/// The conformance suite through the fallback path: the own fleet is full,
+/// so every create overflows to E2B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_through_the_overflow_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = cloud(dir.path()).await;
+    let make = || router(own_fleet(dir.path(), 0), backend(&url, "overflow"), vec![]);
+    let r = make();
+    warren_provider::conformance::run(&r, make, "base").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_tenant_and_overflow_when_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = cloud(dir.path()).await;
+    let e2b = backend(&url, "routes");
+    let r = router(
+        own_fleet(dir.path(), 1),
+        e2b,
+        vec![Route { backend: "e2b".into(), templates: vec![], tenants: vec!["trial".into()] }],
+    );
+    let spec = |tenant: &str| {
+        let mut s = warren_provider::conformance::spec("base");
+        s.labels.insert("tenant".into(), tenant.into());
+        s
+    };
+    let trial = spec("trial");
+    r.create(&trial).await.unwrap();
+    assert_eq!(r.backend_of(&trial.id).await.unwrap(), "e2b", "the trial tenant is routed to E2B");
+    let first = spec("paying");
+    r.create(&first).await.unwrap();
+    assert_eq!(r.backend_of(&first.id).await.unwrap(), "own");
+    let second = spec("paying");
+    r.create(&second).await.unwrap();
+    assert_eq!(r.backend_of(&second.id).await.unwrap(), "e2b", "the own fleet is full: overflow");
+    // A fresh router (after a restart) finds every workspace where it is.
+    let again = router(own_fleet(dir.path(), 1), backend(&url, "routes"), vec![]);
+    assert_eq!(again.list().await.unwrap().len(), 3);
+    assert_eq!(again.backend_of(&first.id).await.unwrap(), "own");
+    assert_eq!(again.backend_of(&second.id).await.unwrap(), "e2b");
+    for s in [&trial, &first, &second] {
+        again.destroy(&s.id).await.unwrap();
+    }
+    assert!(again.list().await.unwrap().is_empty());
+    // Misconfigured routes are refused with the reason.
+    let bad = RoutingProvider::new(vec![("own".into(), own_fleet(dir.path(), 1))], vec![], "e2b", None);
+    assert!(bad.err().unwrap().contains("backend \"e2b\" is not configured"));
 }

@@ -9,6 +9,7 @@
 pub mod conformance;
 pub mod fake;
 pub mod procfs;
+pub mod routing;
 
 use std::collections::BTreeMap;
 
