@@ -26,6 +26,12 @@ pub struct BenchArgs {
     /// Scratch directory (default: a new one under /var/tmp).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Backend of the pool benchmark: local or docker.
+    #[arg(long, default_value = "local")]
+    pub provider: String,
+    /// Burst width of the pool benchmark.
+    #[arg(long, default_value_t = 100)]
+    pub burst: usize,
 }
 
 struct Series {
@@ -458,7 +464,34 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
-async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
+/// A Docker provider for benchmarks, with the test image built.
+fn docker_bench_provider() -> Result<(Arc<dyn SandboxProvider>, &'static str)> {
+    let img = "warren-test-busybox";
+    let root = std::env::current_exe()?
+        .ancestors()
+        .find(|d| d.join("scripts/docker-test-image.sh").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    if !Command::new(root.join("scripts/docker-test-image.sh")).arg(img).status()?.success() {
+        bail!("building the {img} image failed");
+    }
+    let agent = match std::env::var_os("WARREN_AGENT_BIN") {
+        Some(a) => PathBuf::from(a),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|t| t.join("agent-static/warren-agent"))
+            .context("locating the static agent")?,
+    };
+    let agent = std::fs::canonicalize(&agent)
+        .with_context(|| format!("static agent {} (scripts/build-agent.sh builds it)", agent.display()))?;
+    let mut cfg = warren_provider_docker::DockerConfig::new(agent);
+    cfg.owner = format!("bench-{}", std::process::id());
+    let p = warren_provider_docker::DockerProvider::connect(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((Arc::new(p), img))
+}
+
+async fn bench_pool(dir: &Path, burst: usize, backend: &str) -> Result<()> {
     use warren_store::StateStore as _;
     let key = "e2b_bench0000000000000000000000000000000000";
     let mut rows = Vec::new();
@@ -470,7 +503,10 @@ async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
         ("one at a time, no pool", 0, false),
     ] {
         let burst = if concurrent { burst } else { 20 };
-        let p: Arc<dyn SandboxProvider> = Arc::new(provider(&dir.join(format!("pool-{target}")))?);
+        let (p, template): (Arc<dyn SandboxProvider>, &str) = match backend {
+            "docker" => docker_bench_provider()?,
+            _ => (Arc::new(provider(&dir.join(format!("pool-{target}")))?), "base"),
+        };
         let store = Arc::new(warren_store::MemoryStore::new());
         store
             .put_api_key(&warren_server::auth::record(key, "default", "bench", true, 0))
@@ -478,7 +514,7 @@ async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let pools = if target > 0 {
             vec![warren_orchestrator::pool::PoolSpec {
-                template: "base".into(),
+                template: template.into(),
                 size: None,
                 target,
                 min: None,
@@ -512,13 +548,13 @@ async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
         let mut tasks = Vec::new();
         let mut done = Vec::new();
         for _ in 0..burst {
-            let (http, base) = (http.clone(), base.clone());
+            let (http, base, template) = (http.clone(), base.clone(), template.to_string());
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let ws: serde_json::Value = http
                     .post(format!("{base}/v1/workspaces"))
                     .bearer_auth(key)
-                    .json(&serde_json::json!({}))
+                    .json(&serde_json::json!({"template": template}))
                     .send()
                     .await?
                     .json()
@@ -558,7 +594,7 @@ async fn bench_pool(dir: &Path, burst: usize) -> Result<()> {
             let _ = orch.kill_any(&r.id).await;
         }
     }
-    report("Burst: create → first command output through the API (local provider)", "pool sized right", rows);
+    report(&format!("Burst: create → first command output through the API ({backend} provider)"), "pool sized right", rows);
     Ok(())
 }
 
@@ -662,7 +698,10 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
         bench_list(&dir, a.n).await?;
     }
     if all || a.which == "pool" {
-        bench_pool(&dir, 100).await?;
+        if !["local", "docker"].contains(&a.provider.as_str()) {
+            bail!("--provider {:?}: local or docker", a.provider);
+        }
+        bench_pool(&dir, a.burst, &a.provider).await?;
     }
     if all || a.which == "density" {
         bench_density(&dir, a.density).await?;
