@@ -314,26 +314,7 @@ async fn bench_docker(n: usize) -> Result<()> {
     if !docker_up() {
         bail!("no Docker engine answers (scripts/docker-up.sh starts one)");
     }
-    let img = "warren-test-busybox";
-    let root = std::env::current_exe()?
-        .ancestors()
-        .find(|d| d.join("scripts/docker-test-image.sh").exists())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let st = Command::new(root.join("scripts/docker-test-image.sh")).arg(img).status()?;
-    if !st.success() {
-        bail!("building the {img} image failed");
-    }
-    let agent = match std::env::var_os("WARREN_AGENT_BIN") {
-        Some(a) => PathBuf::from(a),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|d| d.parent())
-            .map(|t| t.join("agent-static/warren-agent"))
-            .context("locating the static agent")?,
-    };
-    let agent = std::fs::canonicalize(&agent)
-        .with_context(|| format!("static agent {} (scripts/build-agent.sh builds it)", agent.display()))?;
+    let (agent, img) = docker_image_and_agent()?;
     let n = n.min(40);
     let size = Size { millicpus: 1000, memory_mib: 256, disk_mib: 256, pids: 256 };
     let mut runtimes = vec![None];
@@ -465,7 +446,9 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
 }
 
 /// A Docker provider for benchmarks, with the test image built.
-fn docker_bench_provider() -> Result<(Arc<dyn SandboxProvider>, &'static str)> {
+/// The static agent and the test image (built when missing), for the
+/// Docker benchmarks.
+fn docker_image_and_agent() -> Result<(PathBuf, &'static str)> {
     let img = "warren-test-busybox";
     let root = std::env::current_exe()?
         .ancestors()
@@ -485,6 +468,11 @@ fn docker_bench_provider() -> Result<(Arc<dyn SandboxProvider>, &'static str)> {
     };
     let agent = std::fs::canonicalize(&agent)
         .with_context(|| format!("static agent {} (scripts/build-agent.sh builds it)", agent.display()))?;
+    Ok((agent, img))
+}
+
+fn docker_bench_provider() -> Result<(Arc<dyn SandboxProvider>, &'static str)> {
+    let (agent, img) = docker_image_and_agent()?;
     let mut cfg = warren_provider_docker::DockerConfig::new(agent);
     cfg.owner = format!("bench-{}", std::process::id());
     let p = warren_provider_docker::DockerProvider::connect(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -594,7 +582,11 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str) -> Result<()> {
             let _ = orch.kill_any(&r.id).await;
         }
     }
-    report(&format!("Burst: create → first command output through the API ({backend} provider)"), "pool sized right", rows);
+    report(
+        &format!("Burst: create → first command output through the API ({backend} provider)"),
+        "pool sized right",
+        rows,
+    );
     Ok(())
 }
 

@@ -462,6 +462,15 @@ pub struct UsageQuery {
     pub format: Option<String>,
 }
 
+/// The whole event log (usage and invoices are computed from it).
+async fn all_events(s: &AppState) -> ApiResult<Vec<warren_store::Event>> {
+    s.orch
+        .store()
+        .events_since(0, usize::MAX)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+}
+
 /// `GET /v1/usage`: running and paused seconds, vCPU- and GiB-seconds per
 /// tenant and period, derived from the event log. Tenants see their own;
 /// admins see every tenant and the pool's idle time (infrastructure).
@@ -479,12 +488,7 @@ pub async fn usage(State(s): State<AppState>, caller: Caller, Query(q): Query<Us
     if from >= to {
         return Err(ApiError::bad_request("from must be before to"));
     }
-    let events = s
-        .orch
-        .store()
-        .events_since(0, usize::MAX)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let events = all_events(&s).await?;
     let rows: Vec<_> = rollup(&events, now, from, to, bucket)
         .into_iter()
         .filter(|r| caller.admin || r.tenant == caller.tenant)
@@ -525,12 +529,7 @@ pub async fn invoice(
     let month = q.month.unwrap_or_else(|| month_of(now));
     let (from, to) =
         month_bounds(&month).ok_or_else(|| ApiError::bad_request(format!("month {month:?}: expected YYYY-MM")))?;
-    let events = s
-        .orch
-        .store()
-        .events_since(0, usize::MAX)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let events = all_events(&s).await?;
     let mut per_tenant: std::collections::BTreeMap<String, warren_cost::invoice::TenantUsage> = Default::default();
     for r in rollup(&events, now, from, to.min(now.max(from + 1)), Bucket::Month) {
         if !caller.admin && r.tenant != caller.tenant {
