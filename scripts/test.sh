@@ -38,6 +38,10 @@ step "Docker engine (with gVisor's runsc registered)"
 scripts/docker-up.sh
 scripts/docker-test-image.sh
 
+step "moto (AWS ECS API double for the ECS backend's tests)"
+[ -x .venv-moto/bin/moto_server ] || { python3 -m venv .venv-moto && .venv-moto/bin/pip install -q 'moto[server]==5.2.5'; }
+export WARREN_MOTO_SERVER="$PWD/.venv-moto/bin/moto_server"
+
 step "rust tools"
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -780,8 +780,13 @@ impl Orchestrator {
     /// metering stops. Returns how many were marked.
     pub async fn watch_once(&self) -> Result<usize> {
         let started = self.clock.now_ms();
-        let live: HashMap<WorkspaceId, RunState> =
-            self.provider.list().await?.into_iter().map(|s| (s.id, s.state)).collect();
+        let live: HashMap<WorkspaceId, (RunState, Option<String>)> = self
+            .provider
+            .list()
+            .await?
+            .into_iter()
+            .map(|s| (s.id, (s.state, s.labels.get(warren_provider::ENDED_LABEL).cloned())))
+            .collect();
         let mut marked = 0;
         for rec in self.my_workspaces().await? {
             // Only records older than the backend's answer: a workspace
@@ -792,13 +797,15 @@ impl Orchestrator {
             {
                 continue;
             }
-            let reason = match live.get(&rec.id) {
-                Some(RunState::Exited) => "the workspace's processes ended (the backend reports it exited)",
-                None => "the workspace vanished from the backend",
+            let msg = match live.get(&rec.id) {
+                Some((RunState::Exited, Some(why))) => format!("the backend ended the workspace: {why}"),
+                Some((RunState::Exited, None)) => {
+                    "the workspace's processes ended (the backend reports it exited)".to_string()
+                }
+                None => "the workspace vanished from the backend".to_string(),
                 Some(_) => continue,
             };
             let _ = self.provider.destroy(&rec.id).await;
-            let msg = reason.to_string();
             let result = self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await;
             match result {
                 Ok(_) => {

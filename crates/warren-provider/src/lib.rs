@@ -142,6 +142,10 @@ pub struct TemplateInfo {
     pub revision: String,
 }
 
+/// Label a backend sets on an exited workspace to say why it ended (a cloud
+/// stopping a task on its own: Spot interruption, host failure, OOM).
+pub const ENDED_LABEL: &str = "warren.ended";
+
 /// Classified backend failures: the orchestrator decides on retries and HTTP
 /// statuses from the class, never from the text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
