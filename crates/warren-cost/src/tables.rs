@@ -116,6 +116,17 @@ impl Catalog {
             .collect()
     }
 
+    /// Gross margin (percent) of every setup at every class price, setups
+    /// in catalog order, prices in class order.
+    pub fn margin_table(&self) -> Vec<Vec<f64>> {
+        self.setups
+            .iter()
+            .map(|s| {
+                self.classes.iter().map(|c| 100.0 * self.margin(s.usd_per_workspace_hour(), c.jpy_per_hour)).collect()
+            })
+            .collect()
+    }
+
     pub fn month_table(&self) -> Vec<MonthRow> {
         self.concurrency
             .iter()
@@ -265,6 +276,20 @@ impl Catalog {
                 if r.disagrees { " **≠**" } else { "" },
                 pct(r.derived_margin_pct)
             );
+        }
+
+        let _ = writeln!(o, "\n## Gross margin at each price (derived cost)\n");
+        let _ = write!(o, "| setup |");
+        for c in &self.classes {
+            let _ = write!(o, " ¥{}/hr ({}) |", c.jpy_per_hour, c.name);
+        }
+        let _ = writeln!(o, "\n|---|{}", "---|".repeat(self.classes.len()));
+        for (s, row) in self.setups.iter().zip(self.margin_table()) {
+            let _ = write!(o, "| {} |", s.name);
+            for m in row {
+                let _ = write!(o, " {} |", pct(m));
+            }
+            let _ = writeln!(o);
         }
 
         let _ = writeln!(o, "\n## Monthly cost by concurrent workspaces (24/7, {} h)\n", self.hours_per_month);
@@ -470,6 +495,20 @@ mod tests {
         assert_eq!(od.derived_margin_pct.round(), 97.0);
         // Every setup clears 90% at ¥100, the study's conclusion.
         assert!(rows.iter().all(|r| r.derived_margin_pct > 90.0));
+    }
+
+    #[test]
+    fn margins_at_every_price() {
+        let c = cat();
+        let t = c.margin_table();
+        let e2b = c.setups.iter().position(|s| s.id == "e2b-pro").unwrap();
+        // $0.05 x 150 = ¥7.5 against ¥50, ¥100, ¥200.
+        assert_eq!(t[e2b].iter().map(|m| (m * 10.0).round() / 10.0).collect::<Vec<_>>(), vec![85.0, 92.5, 96.3]);
+        // Every setup is profitable at every price, and more so as the price rises.
+        for row in &t {
+            assert!(row.windows(2).all(|w| w[0] < w[1]) && row[0] > 80.0, "{row:?}");
+        }
+        assert!(c.report(100.0, 500).contains("## Gross margin at each price"));
     }
 
     #[test]

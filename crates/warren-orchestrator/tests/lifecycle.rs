@@ -468,3 +468,28 @@ async fn workspaces_that_end_on_their_own_are_marked_failed() {
     assert_eq!(e.orch.watch_once().await.unwrap(), 0);
     e.orch.kill(None, &alive.id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_member_not_proven_ready_is_never_handed_out() {
+    use warren_orchestrator::pool::{PoolSpec, POOL_TENANT};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let cfg = Config {
+        pools: vec![PoolSpec { template: "base".into(), size: None, target: 0, min: None, max: None }],
+        ..Config::default()
+    };
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let orch = Arc::new(Orchestrator::new(provider(dir.path()), store.clone(), clock, cfg));
+    // A member whose agent started but never passed the readiness command.
+    let unready = orch
+        .create(CreateRequest { tenant: POOL_TENANT.into(), template: "base".into(), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(unready.metadata.get("ready").is_none());
+    let got = orch.create(req("t")).await.unwrap();
+    assert_ne!(got.id, unready.id, "an unready member was handed out");
+    assert_eq!(orch.pool_status().await.unwrap()[0].misses, 1);
+    assert_eq!(store.get_workspace(&unready.id).await.unwrap().unwrap().tenant, POOL_TENANT);
+    orch.kill(None, &got.id).await.unwrap();
+    orch.kill_any(&unready.id).await.unwrap();
+}
