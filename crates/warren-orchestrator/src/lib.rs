@@ -163,6 +163,8 @@ pub struct Orchestrator {
     /// request and only steers idle detection.
     activity: Mutex<HashMap<WorkspaceId, u64>>,
     pools: pool::Pools,
+    /// Whether this replica holds the shared-jobs lease.
+    shared_jobs: std::sync::atomic::AtomicBool,
     /// Per-tenant admission: the quota check and the claim or the insert of
     /// the new record happen under it, so concurrent creates cannot overshoot.
     admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<std::collections::VecDeque<u64>>>>>,
@@ -188,6 +190,7 @@ impl Orchestrator {
             clients: Mutex::default(),
             activity: Mutex::default(),
             pools,
+            shared_jobs: std::sync::atomic::AtomicBool::new(false),
             admission: Mutex::default(),
         }
     }
@@ -377,7 +380,12 @@ impl Orchestrator {
             metadata: req.metadata.clone(),
             env: req.env.clone(),
             error: None,
-            node: self.cfg.node.clone(),
+            // Workspaces any replica can reach belong to no replica.
+            node: if self.provider.capabilities().reachable_from_any_host {
+                String::new()
+            } else {
+                self.cfg.node.clone()
+            },
         };
         self.store
             .insert_workspace(&rec, event(&rec, now, EventKind::Created { template: rec.template.clone() }))
@@ -453,8 +461,24 @@ impl Orchestrator {
     /// reaper, idle check, watch, reconcile and pools act on.
     async fn my_workspaces(&self) -> Result<Vec<WorkspaceRecord>> {
         let mut all = self.store.list_workspaces().await?;
-        all.retain(|r| r.node == self.cfg.node);
+        // Unowned workspaces (reachable from any replica) are looked after
+        // by the one replica holding the shared-jobs lease.
+        let shared = self.cfg.node.is_empty() || self.shared_jobs.load(std::sync::atomic::Ordering::Relaxed);
+        all.retain(|r| r.node == self.cfg.node || (r.node.is_empty() && shared));
         Ok(all)
+    }
+
+    /// Takes or renews the lease under which this replica runs the reaper,
+    /// idle check, watch and pools for workspaces no replica owns; true
+    /// while it holds it (always, for a single server).
+    pub async fn claim_shared_jobs(&self) -> Result<bool> {
+        if self.cfg.node.is_empty() {
+            return Ok(true);
+        }
+        let ttl = self.cfg.replica_timeout.clamp(Duration::from_secs(2), Duration::from_secs(10));
+        let held = self.store.lease("shared-jobs", &self.cfg.node, ttl).await?;
+        self.shared_jobs.store(held, std::sync::atomic::Ordering::Relaxed);
+        Ok(held)
     }
 
     /// The size workspaces get unless they ask.
@@ -697,6 +721,10 @@ impl Orchestrator {
                     last_beat = Some(std::time::Instant::now());
                     if let Err(e) = me.heartbeat().await {
                         eprintln!("warren: heartbeat: {e}");
+                    }
+                    if let Err(e) = me.claim_shared_jobs().await {
+                        me.shared_jobs.store(false, std::sync::atomic::Ordering::Relaxed);
+                        eprintln!("warren: shared-jobs lease: {e}");
                     }
                     match me.sweep_dead_nodes().await {
                         Ok(0) => {}

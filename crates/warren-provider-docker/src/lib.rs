@@ -348,6 +348,7 @@ impl SandboxProvider for DockerProvider {
             network_modes: vec![NetworkMode::None, NetworkMode::Bridge],
             isolated_filesystem: true,
             survives_server_restart: true,
+            reachable_from_any_host: false,
         }
     }
 

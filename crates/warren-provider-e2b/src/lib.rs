@@ -261,6 +261,7 @@ impl SandboxProvider for E2bProvider {
             network_modes: vec![NetworkMode::Bridge],
             isolated_filesystem: true,
             survives_server_restart: true,
+            reachable_from_any_host: true,
         }
     }
 

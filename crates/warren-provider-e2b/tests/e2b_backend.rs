@@ -226,3 +226,42 @@ async fn routes_by_tenant_and_overflow_when_full() {
     let bad = RoutingProvider::new(vec![("own".into(), own_fleet(dir.path(), 1))], vec![], "e2b", None);
     assert!(bad.err().unwrap().contains("backend \"e2b\" is not configured"));
 }
+
+/// With a backend any host can reach, workspaces belong to no replica: any
+/// replica talks to their agents directly, and the background jobs for them
+/// run on the one replica holding the shared-jobs lease, which passes on
+/// when that replica stops renewing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_network_reachable_workspaces_under_one_lease() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let url = cloud(dir.path()).await;
+    let store: Arc<dyn warren_store::StateStore> = Arc::new(MemoryStore::new());
+    let replica = |node: &str| {
+        let cfg = warren_orchestrator::Config {
+            node: node.into(),
+            node_url: format!("http://{node}.invalid"),
+            replica_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        Orchestrator::new(Arc::new(backend(&url, "shared")), store.clone(), Arc::new(warren_core::SystemClock), cfg)
+    };
+    let (a, b) = (replica("a"), replica("b"));
+    let rec =
+        a.create(CreateRequest { tenant: "t".into(), template: "base".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(rec.node, "", "owned by no replica");
+    let (_, agent) = b.agent(Some("t"), &rec.id).await.unwrap();
+    assert_eq!(agent.sh("echo from b").await.unwrap().stdout, b"from b\n");
+
+    assert!(a.claim_shared_jobs().await.unwrap());
+    assert!(!b.claim_shared_jobs().await.unwrap(), "one holder at a time");
+    a.set_timeout(Some("t"), &rec.id, Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The expired workspace is the lease holder's to reap, not b's.
+    assert_eq!(b.reap_once().await.unwrap(), 0);
+    // a stops renewing (as if it died): b takes the jobs over.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(b.claim_shared_jobs().await.unwrap());
+    assert_eq!(b.reap_once().await.unwrap(), 1);
+    assert!(b.get(Some("t"), &rec.id).await.is_err(), "reaped");
+}

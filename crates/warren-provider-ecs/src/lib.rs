@@ -338,6 +338,7 @@ impl SandboxProvider for EcsProvider {
             network_modes: vec![NetworkMode::Bridge],
             isolated_filesystem: true,
             survives_server_restart: true,
+            reachable_from_any_host: true,
         }
     }
 

@@ -342,6 +342,7 @@ impl SandboxProvider for LocalProvider {
             network_modes: vec![NetworkMode::None, NetworkMode::Bridge],
             isolated_filesystem: true,
             survives_server_restart: true,
+            reachable_from_any_host: false,
         }
     }
 

@@ -129,6 +129,7 @@ impl SandboxProvider for ProcessProvider {
             network_modes: vec![NetworkMode::Host],
             isolated_filesystem: false,
             survives_server_restart: true,
+            reachable_from_any_host: false,
         }
     }
 

@@ -56,6 +56,10 @@ pub struct Capabilities {
     pub isolated_filesystem: bool,
     /// Workspaces outlive a restart of the warren server and are adopted.
     pub survives_server_restart: bool,
+    /// Agents are reachable from any host (a cloud's network), not only from
+    /// the server that made them: any replica may serve such workspaces.
+    #[serde(default)]
+    pub reachable_from_any_host: bool,
 }
 
 /// Everything needed to create one workspace.

@@ -113,6 +113,7 @@ impl SandboxProvider for RoutingProvider {
             c.pause &= o.pause;
             c.isolated_filesystem &= o.isolated_filesystem;
             c.survives_server_restart &= o.survives_server_restart;
+            c.reachable_from_any_host &= o.reachable_from_any_host;
             c.isolation = c.isolation.min(o.isolation);
             c.network_modes.retain(|m| o.network_modes.contains(m));
         }
