@@ -485,7 +485,7 @@ async fn a_pool_member_not_proven_ready_is_never_handed_out() {
         .create(CreateRequest { tenant: POOL_TENANT.into(), template: "base".into(), ..Default::default() })
         .await
         .unwrap();
-    assert!(unready.metadata.get("ready").is_none());
+    assert!(!unready.metadata.contains_key("ready"));
     let got = orch.create(req("t")).await.unwrap();
     assert_ne!(got.id, unready.id, "an unready member was handed out");
     assert_eq!(orch.pool_status().await.unwrap()[0].misses, 1);
