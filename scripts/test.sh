@@ -52,6 +52,7 @@ scripts/build-agent.sh
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p warren-cli --features ecs --all-targets -- -D warnings
 
 step "tests"
 docker info --format "{{json .Runtimes}}" | grep -q runsc && export WARREN_REQUIRE_RUNSC=1

@@ -80,6 +80,64 @@ pub struct Config {
     pub e2b_backend: E2bBackendSection,
     /// `[routing]`: several backends, chosen per template or tenant, with overflow.
     pub routing: Option<RoutingSection>,
+    /// `[ecs]`: the ECS backend (binaries built with `--features ecs`).
+    pub ecs: EcsSection,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(not(feature = "ecs"), allow(dead_code))]
+pub struct EcsSection {
+    pub cluster: String,
+    pub region: String,
+    /// An endpoint other than AWS's (tests against moto, VPC endpoints).
+    pub endpoint_url: Option<String>,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    /// `FARGATE` or `EC2`, when no capacity providers are given.
+    pub launch_type: String,
+    /// `[[ecs.capacity_providers]]`: name, weight, base.
+    pub capacity_providers: Vec<CapacityProvider>,
+    /// `[ecs.images]`: template = image reference.
+    pub images: std::collections::BTreeMap<String, String>,
+    /// An image holding the static agent at /warren-agent.
+    pub agent_image: Option<String>,
+    pub owner: String,
+    /// Seconds a task may take to run and answer.
+    pub start_timeout: u64,
+}
+
+impl Default for EcsSection {
+    fn default() -> Self {
+        EcsSection {
+            cluster: "warren".into(),
+            region: "us-east-1".into(),
+            endpoint_url: None,
+            subnets: Vec::new(),
+            security_groups: Vec::new(),
+            launch_type: "FARGATE".into(),
+            capacity_providers: Vec::new(),
+            images: Default::default(),
+            agent_image: None,
+            owner: "warren".into(),
+            start_timeout: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "ecs"), allow(dead_code))]
+pub struct CapacityProvider {
+    pub name: String,
+    #[serde(default = "one")]
+    pub weight: i32,
+    #[serde(default)]
+    pub base: i32,
+}
+
+fn one() -> i32 {
+    1
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -172,6 +230,7 @@ impl Default for Config {
             replica_timeout: 30,
             e2b_backend: Default::default(),
             routing: None,
+            ecs: Default::default(),
         }
     }
 }
@@ -233,14 +292,14 @@ fn validate(cfg: &Config) -> Result<()> {
     cfg.listen
         .parse::<std::net::SocketAddr>()
         .with_context(|| format!("listen = {:?}: expected an address like 127.0.0.1:7474", cfg.listen))?;
-    let backends = ["local", "process", "docker", "e2b"];
+    let backends = ["local", "process", "docker", "e2b", "ecs"];
     if !backends.contains(&cfg.provider.as_str()) {
-        bail!("provider = {:?}: expected \"local\", \"docker\", \"e2b\" or \"process\"", cfg.provider);
+        bail!("provider = {:?}: expected \"local\", \"docker\", \"e2b\", \"ecs\" or \"process\"", cfg.provider);
     }
     if let Some(r) = &cfg.routing {
         for b in std::iter::once(&r.default).chain(r.overflow.iter()).chain(r.routes.iter().map(|x| &x.backend)) {
             if !backends.contains(&b.as_str()) {
-                bail!("[routing]: backend {b:?}: expected local, docker, e2b or process");
+                bail!("[routing]: backend {b:?}: expected local, docker, e2b, ecs or process");
             }
         }
     }
@@ -312,6 +371,9 @@ async fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
 
 /// One backend by name: local, docker, process or e2b.
 async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
+    if name == "ecs" {
+        return ecs_backend(cfg).await;
+    }
     if name == "e2b" {
         let e = &cfg.e2b_backend;
         let url = e.api_url.clone().context("[e2b_backend] api_url is required for the e2b backend")?;
@@ -388,6 +450,37 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
             Arc::new(local)
         }
     })
+}
+
+#[cfg(feature = "ecs")]
+async fn ecs_backend(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
+    let e = &cfg.ecs;
+    let launch = if e.capacity_providers.is_empty() {
+        warren_provider_ecs::Launch::LaunchType(e.launch_type.clone())
+    } else {
+        warren_provider_ecs::Launch::Strategy(
+            e.capacity_providers.iter().map(|c| (c.name.clone(), c.weight, c.base)).collect(),
+        )
+    };
+    let c = warren_provider_ecs::EcsConfig {
+        cluster: e.cluster.clone(),
+        region: e.region.clone(),
+        endpoint_url: e.endpoint_url.clone(),
+        subnets: e.subnets.clone(),
+        security_groups: e.security_groups.clone(),
+        launch,
+        images: e.images.clone(),
+        agent_image: e.agent_image.clone().context("[ecs] agent_image is required (an image with /warren-agent)")?,
+        owner: e.owner.clone(),
+        wait_for_agent: true,
+        start_timeout: Duration::from_secs(e.start_timeout),
+    };
+    Ok(Arc::new(warren_provider_ecs::EcsProvider::new(c).await.map_err(|e| anyhow::anyhow!("{e}"))?))
+}
+
+#[cfg(not(feature = "ecs"))]
+async fn ecs_backend(_cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
+    bail!("this warren was built without the ECS backend: cargo build --release -p warren-cli --features ecs")
 }
 
 /// True for an ELF executable that needs a dynamic loader.

@@ -229,7 +229,7 @@ fn bad_configuration_is_refused_clearly() {
         (vec!["serve", "--listen", "nonsense"], "expected an address"),
         (
             vec!["serve", "--listen", "127.0.0.1:0", "--provider", "kubernetes"],
-            "expected \"local\", \"docker\", \"e2b\" or \"process\"",
+            "expected \"local\", \"docker\", \"e2b\", \"ecs\" or \"process\"",
         ),
         (vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", "relative/dir"], "absolute"),
     ] {
