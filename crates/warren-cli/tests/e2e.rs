@@ -1,7 +1,7 @@
 //! End to end: the real `warren serve` on the local provider, driven by the
 //! real `warren` CLI. Runs as root.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -30,9 +30,8 @@ struct Serve {
     url: String,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::free_port;
 
 fn serve(data: &Path, port: u16) -> Serve {
     serve_with(data, port, None, warren_provider::conformance::agent_binary())
@@ -53,17 +52,7 @@ fn serve_with(data: &Path, port: u16, config: Option<&Path>, agent: PathBuf) -> 
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let url = loop {
-        assert!(Instant::now() < deadline, "server did not get ready");
-        let line = lines.next().expect("server exited before it was ready").unwrap();
-        if let Some(u) = line.strip_prefix("warren ready on ") {
-            break u.to_string();
-        }
-    };
-    // Keep draining stdout so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
+    let url = common::ready_url(&mut child, "server");
     Serve { child, url }
 }
 

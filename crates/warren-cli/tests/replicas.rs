@@ -4,7 +4,6 @@
 //! (its workspaces are failed by whichever replica holds the sweeper lease),
 //! and an audit afterwards.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,9 +14,8 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_warren")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::free_port;
 
 struct Proc(Child);
 
@@ -70,16 +68,7 @@ fn replica(root: &Path, name: &str, redis: &str) -> Replica {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let url = loop {
-        assert!(Instant::now() < deadline, "replica {name} did not get ready");
-        let line = lines.next().expect("replica exited before it was ready").unwrap();
-        if let Some(u) = line.strip_prefix("warren ready on ") {
-            break u.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let url = common::ready_url(&mut child, &format!("replica {name}"));
     Replica { proc: Proc(child), url, name: name.into(), data }
 }
 

@@ -1,0 +1,26 @@
+//! Helpers shared by the CLI's end-to-end tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Waits for `warren serve` to print where it listens and returns that URL;
+/// keeps draining its stdout afterwards so it never blocks on it.
+pub fn ready_url(child: &mut Child, what: &str) -> String {
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        assert!(Instant::now() < deadline, "{what} did not get ready");
+        let line = lines.next().unwrap_or_else(|| panic!("{what} exited before it was ready")).unwrap();
+        if let Some(u) = line.strip_prefix("warren ready on ") {
+            break u.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    url
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
