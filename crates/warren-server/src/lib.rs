@@ -157,8 +157,21 @@ pub fn router(state: AppState) -> Router {
 /// too large, bad path, missing upgrade…) into `{code, message}`.
 async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    let resp = next.run(req).await;
+    let has_body = req.headers().contains_key(axum::http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0");
+    let mut resp = next.run(req).await;
     let status = resp.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        // The handler may have refused before reading the body (bad key,
+        // unknown id), after which the server cannot reuse the connection:
+        // say so, so HTTP/1.1 clients do not send the next request on a
+        // connection that is about to close.
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
     let is_json = resp
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -167,10 +180,15 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
+    let close = resp.headers().get(axum::http::header::CONNECTION).cloned();
     let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes).trim().to_string();
     let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
-    ApiError::new(status, message).into_response()
+    let mut out = ApiError::new(status, message).into_response();
+    if let Some(c) = close {
+        out.headers_mut().insert(axum::http::header::CONNECTION, c);
+    }
+    out
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.

@@ -554,3 +554,23 @@ async fn invoice_prices_metered_usage_per_tenant() {
     assert_eq!(code, 400, "{msg}");
     assert!(msg.to_string().contains("YYYY-MM"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_before_the_body_was_read_closes_the_connection() {
+    let s = start().await;
+    // A bad key is refused before the body is read: the connection cannot
+    // be reused, and the reply says so.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/workspaces", s.base))
+        .bearer_auth("e2b_0000000000000000000000000000000000000000")
+        .json(&serde_json::json!({"template": "base"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    // A bodyless error keeps the connection.
+    let r = reqwest::Client::new().get(format!("{}/v1/workspaces", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("connection").is_none());
+}
