@@ -312,7 +312,6 @@ fn validate(cfg: &Config) -> Result<()> {
     if !cfg.data_dir.is_absolute() {
         bail!("data_dir = {}: must be an absolute path", cfg.data_dir.display());
     }
-    cost_config(cfg)?;
     if cfg.replica_timeout < 2 {
         bail!("replica_timeout = {}: at least 2 seconds", cfg.replica_timeout);
     }
@@ -525,6 +524,8 @@ async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) ->
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     let cfg = load_config(&args)?;
+    // The price catalog is read and checked before anything changes.
+    let cost = cost_config(&cfg)?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let listener =
         tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
@@ -586,8 +587,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         _ => None,
     };
     let reaper = orch.spawn_reaper();
-    let state = AppState::new(orch.clone(), warren_server::e2b::E2bConfig { domain: cfg.e2b_domain.clone() })
-        .with_cost(cost_config(&cfg)?);
+    let state =
+        AppState::new(orch.clone(), warren_server::e2b::E2bConfig { domain: cfg.e2b_domain.clone() }).with_cost(cost);
     if let Some(key) = created_key {
         println!("admin API key (shown once, also in {}): {key}", cfg.data_dir.join("admin.key").display());
     }

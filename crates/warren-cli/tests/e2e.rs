@@ -31,7 +31,7 @@ struct Serve {
 }
 
 mod common;
-use common::free_port;
+use common::{free_port, ok};
 
 fn serve(data: &Path, port: u16) -> Serve {
     serve_with(data, port, None, warren_provider::conformance::agent_binary())
@@ -77,16 +77,6 @@ fn cli(s: &Serve, args: &[&str], stdin: Option<&str>) -> Output {
         c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
     c.wait_with_output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 #[test]

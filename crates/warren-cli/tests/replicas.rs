@@ -15,7 +15,7 @@ fn bin() -> &'static str {
 }
 
 mod common;
-use common::free_port;
+use common::{free_port, ok};
 
 struct Proc(Child);
 
@@ -77,17 +77,6 @@ fn cli(r: &Replica, args: &[&str]) -> Output {
 }
 
 #[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-#[track_caller]
 fn info(r: &Replica, id: &str) -> serde_json::Value {
     serde_json::from_str(&ok(&cli(r, &["--json", "info", id]))).unwrap()
 }
@@ -95,7 +84,9 @@ fn info(r: &Replica, id: &str) -> serde_json::Value {
 #[test]
 fn three_replicas_one_redis_relay_load_and_kill_9() {
     let root = tempfile::tempdir().unwrap();
-    let (_redis, url) = redis(&root.path().join("redis").tap_mkdir());
+    let redis_dir = root.path().join("redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    let (_redis, url) = redis(&redis_dir);
     let mut a = replica(root.path(), "node-a", &url);
     let b = replica(root.path(), "node-b", &url);
     let c = replica(root.path(), "node-c", &url);
@@ -104,7 +95,7 @@ fn three_replicas_one_redis_relay_load_and_kill_9() {
     let w = ok(&cli(&a, &["create"]));
     assert_eq!(ok(&cli(&b, &["exec", &w, "echo via b"])), "via b");
     assert_eq!(ok(&cli(&c, &["exec", &w, "echo via c"])), "via c");
-    ok(&cli(&b, &["cp", "-", &format!("{w}:/tmp/relay.txt")]).tap(|_| ()));
+    ok(&cli(&b, &["cp", "-", &format!("{w}:/tmp/relay.txt")]));
     assert_eq!(info(&c, &w)["state"], "running");
     // The E2B data plane too: envd's health through another replica.
     let health = Command::new("curl")
@@ -184,19 +175,3 @@ fn three_replicas_one_redis_relay_load_and_kill_9() {
         let _ = cli(&c, &["kill", wsp["id"].as_str().unwrap()]);
     }
 }
-
-trait Tap: Sized {
-    fn tap(self, f: impl FnOnce(&Self)) -> Self {
-        f(&self);
-        self
-    }
-    fn tap_mkdir(self) -> Self
-    where
-        Self: AsRef<Path>,
-    {
-        std::fs::create_dir_all(self.as_ref()).unwrap();
-        self
-    }
-}
-
-impl<T> Tap for T {}

@@ -277,10 +277,15 @@ impl DockerProvider {
     }
 
     async fn inspect_raw(&self, id: &WorkspaceId) -> Result<bollard::models::ContainerInspectResponse> {
+        self.inspect_sized(id, false).await
+    }
+
+    /// Inspects our container of `id`; `size` also measures its writable layer.
+    async fn inspect_sized(&self, id: &WorkspaceId, size: bool) -> Result<bollard::models::ContainerInspectResponse> {
         let c = self
             .call(
                 &format!("workspace {id}"),
-                self.docker.inspect_container(&name_of(id), None::<InspectContainerOptions>),
+                self.docker.inspect_container(&name_of(id), Some(InspectContainerOptions { size })),
             )
             .await
             .map_err(|e| match e {
@@ -540,7 +545,7 @@ impl SandboxProvider for DockerProvider {
     }
 
     async fn stats(&self, id: &WorkspaceId) -> Result<Stats> {
-        self.inspect_raw(id).await?;
+        let sized = self.inspect_sized(id, true).await?;
         let name = name_of(id);
         let opts = StatsOptions { stream: false, one_shot: true };
         let mut stream = self.docker.stats(&name, Some(opts));
@@ -549,12 +554,6 @@ impl SandboxProvider for DockerProvider {
             Ok(None) => return Err(ProviderError::Internal(format!("stats {id}: empty answer"))),
             Err(_) => return Err(unavailable(format!("stats {id}: no answer"))),
         };
-        let sized = self
-            .call(
-                &format!("workspace {id}"),
-                self.docker.inspect_container(&name, Some(InspectContainerOptions { size: true })),
-            )
-            .await?;
         let size: Size = sized
             .config
             .as_ref()

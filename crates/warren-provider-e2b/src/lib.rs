@@ -294,10 +294,6 @@ impl SandboxProvider for E2bProvider {
 
     async fn create(&self, spec: &CreateSpec) -> Result<SandboxInfo> {
         spec.size.validate().map_err(|e| ProviderError::InvalidSpec(e.to_string()))?;
-        if spec.network == NetworkMode::None {
-            // E2B sandboxes have internet access unless asked otherwise.
-            // (The orchestrator picks the first supported mode by default.)
-        }
         match self.detail_of(&spec.id).await {
             Ok(_) => return Err(ProviderError::AlreadyExists(spec.id.to_string())),
             Err(ProviderError::NotFound(_)) => {}

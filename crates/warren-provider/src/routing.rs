@@ -107,7 +107,8 @@ impl SandboxProvider for RoutingProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut c = self.backend(self.default).capabilities();
+        let first = self.backend(self.default).capabilities();
+        let mut c = first.clone();
         for (_, b) in &self.backends {
             let o = b.capabilities();
             c.pause &= o.pause;
@@ -118,7 +119,7 @@ impl SandboxProvider for RoutingProvider {
             c.network_modes.retain(|m| o.network_modes.contains(m));
         }
         if c.network_modes.is_empty() {
-            c.network_modes = self.backend(self.default).capabilities().network_modes;
+            c.network_modes = first.network_modes;
         }
         c
     }

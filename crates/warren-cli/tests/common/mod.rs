@@ -1,7 +1,7 @@
 //! Helpers shared by the CLI's end-to-end tests.
 
 use std::io::{BufRead, BufReader};
-use std::process::Child;
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 /// Waits for `warren serve` to print where it listens and returns that URL;
@@ -23,4 +23,16 @@ pub fn ready_url(child: &mut Child, what: &str) -> String {
 /// A free TCP port on the loopback interface.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The trimmed stdout of a command that must have succeeded.
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
