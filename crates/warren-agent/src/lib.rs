@@ -50,9 +50,9 @@ pub fn bind(ep: &Endpoint) -> std::io::Result<Listener> {
             std.set_nonblocking(true)?;
             Ok(Listener::Tcp(tokio::net::TcpListener::from_std(std)?))
         }
-        Endpoint::Gateway { .. } => Err(std::io::Error::new(
+        Endpoint::Gateway { .. } | Endpoint::Https { .. } => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("cannot listen on {ep}: a gateway endpoint is for clients"),
+            format!("cannot listen on {ep}: gateway and https endpoints are for clients"),
         )),
     }
 }

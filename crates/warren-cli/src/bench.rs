@@ -403,6 +403,7 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
             tenant: r.tenant.clone(),
             size: r.size,
             kind: warren_store::EventKind::Created { template: "base".into() },
+            backend: r.provider.clone(),
         };
         store.insert_workspace(&r, ev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }

@@ -355,6 +355,7 @@ impl Client {
                 let start = r["periodStartMs"].as_u64().unwrap_or(0);
                 vec![
                     r["tenant"].as_str().unwrap_or("").into(),
+                    r["backend"].as_str().unwrap_or("").into(),
                     warren_proto::json::Millis(start).to_string(),
                     f(&r["runningSeconds"]),
                     f(&r["pausedSeconds"]),
@@ -363,7 +364,7 @@ impl Client {
                 ]
             })
             .collect();
-        table(&["TENANT", "PERIOD", "RUNNING S", "PAUSED S", "VCPU S", "GIB S"], &table_rows);
+        table(&["TENANT", "BACKEND", "PERIOD", "RUNNING S", "PAUSED S", "VCPU S", "GIB S"], &table_rows);
         Ok(0)
     }
 
@@ -392,7 +393,24 @@ impl Client {
                 yen(&l["revenueJpy"]),
             ];
             if admin {
-                row.extend([format!("${:.2}", l["costUsd"].as_f64().unwrap_or(0.0)), pct(&l["marginPct"])]);
+                let by: Vec<String> = l["byBackend"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|b| {
+                        let name = b["backend"].as_str().filter(|n| !n.is_empty()).unwrap_or("?");
+                        format!(
+                            "{name} ${:.2} ({})",
+                            b["costUsd"].as_f64().unwrap_or(0.0),
+                            b["setup"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                row.extend([
+                    format!("${:.2}", l["costUsd"].as_f64().unwrap_or(0.0)),
+                    pct(&l["marginPct"]),
+                    by.join(", "),
+                ]);
             }
             rows.push(row);
         };
@@ -403,14 +421,14 @@ impl Client {
             push(&inv["infrastructure"]);
         }
         println!(
-            "invoice preview for {} (infrastructure priced as {}, ¥{}/$)",
+            "invoice preview for {} (own infrastructure priced as {}, ¥{}/$)",
             inv["month"].as_str().unwrap_or("?"),
             inv["setup"].as_str().unwrap_or("?"),
             inv["jpyPerUsd"]
         );
         let mut head = vec!["TENANT", "CLASS", "RUNNING H", "PAUSED H", "VCPU H", "REVENUE"];
         if admin {
-            head.extend(["COST", "MARGIN"]);
+            head.extend(["COST", "MARGIN", "COST BY BACKEND"]);
         }
         table(&head, &rows);
         if admin {

@@ -63,6 +63,9 @@ pub struct Config {
     pub default_class: String,
     /// `[tenant_classes]`: tenant = class name from the catalog.
     pub tenant_classes: std::collections::HashMap<String, String>,
+    /// `[backend_setups]`: backend = catalog setup its time costs like
+    /// (default `e2b = "e2b-pro"`; other backends cost like `cost_setup`).
+    pub backend_setups: std::collections::HashMap<String, String>,
     /// `[docker]`: the Docker backend's settings.
     pub docker: DockerSection,
     /// Keep state in Redis (`redis://host:port/db`) instead of the embedded
@@ -147,15 +150,28 @@ pub struct E2bBackendSection {
     pub api_url: Option<String>,
     /// The API key (env E2B_API_KEY).
     pub api_key: Option<String>,
-    /// HOST:PORT of the envd gateway (default: the API's).
+    /// HOST:PORT of an envd gateway routing by header (default for an
+    /// `http://` API: the API's).
     pub envd_addr: Option<String>,
+    /// DOMAIN[:PORT] where envd is served over TLS as `49983-{id}.{domain}`
+    /// (default for `https://api.{domain}`: that domain).
+    pub envd_domain: Option<String>,
+    /// HOST:PORT to connect to for those names instead of resolving them.
+    pub envd_via: Option<String>,
     /// Metadata value marking this installation's sandboxes.
     pub owner: String,
 }
 
 impl Default for E2bBackendSection {
     fn default() -> Self {
-        E2bBackendSection { api_url: None, api_key: None, envd_addr: None, owner: "warren".into() }
+        E2bBackendSection {
+            api_url: None,
+            api_key: None,
+            envd_addr: None,
+            envd_domain: None,
+            envd_via: None,
+            owner: "warren".into(),
+        }
     }
 }
 
@@ -222,6 +238,7 @@ impl Default for Config {
             cost_setup: "ecs-ec2-od".into(),
             default_class: "standard".into(),
             tenant_classes: Default::default(),
+            backend_setups: warren_server::CostConfig::default().backend_setups,
             docker: Default::default(),
             redis_url: None,
             redis_prefix: None,
@@ -340,6 +357,7 @@ fn cost_config(cfg: &Config) -> Result<warren_server::CostConfig> {
         setup: cfg.cost_setup.clone(),
         default_class: cfg.default_class.clone(),
         tenant_classes: cfg.tenant_classes.clone(),
+        backend_setups: cfg.backend_setups.clone(),
     };
     c.validate().map_err(|e| anyhow::anyhow!(e))?;
     Ok(c)
@@ -384,6 +402,8 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
         let mut c = warren_provider_e2b::E2bBackendConfig::new(url, key);
         c.owner = e.owner.clone();
         c.envd_addr = e.envd_addr.clone();
+        c.envd_domain = e.envd_domain.clone();
+        c.envd_via = e.envd_via.clone();
         let p = warren_provider_e2b::E2bProvider::new(c).map_err(|e| anyhow::anyhow!("{e}"))?;
         return Ok(Arc::new(p));
     }

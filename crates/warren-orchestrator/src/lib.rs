@@ -171,7 +171,14 @@ pub struct Orchestrator {
 }
 
 fn event(rec: &WorkspaceRecord, at_ms: u64, kind: EventKind) -> NewEvent {
-    NewEvent { at_ms, workspace: rec.id.clone(), tenant: rec.tenant.clone(), size: rec.size, kind }
+    NewEvent {
+        at_ms,
+        workspace: rec.id.clone(),
+        tenant: rec.tenant.clone(),
+        size: rec.size,
+        kind,
+        backend: rec.provider.clone(),
+    }
 }
 
 impl Orchestrator {
@@ -417,11 +424,14 @@ impl Orchestrator {
                 let endpoint = info.endpoint.to_string();
                 let started = self.clock.now_ms();
                 let backend_token = info.access_token.clone();
+                // Behind a router, the backend that took it (metering prices its time).
+                let backend = self.provider.backend_of(&rec.id).await.unwrap_or_else(|_| rec.provider.clone());
                 if let Err(e) = self.provider.set_deadline(&rec.id, timeout.as_secs()).await {
                     eprintln!("warren: deadline of {}: {e}", rec.id);
                 }
                 self.transition(&rec.id, State::Running, move |r| {
                     r.endpoint = Some(endpoint);
+                    r.provider = backend;
                     // A backend that assigns its own agent token (E2B) wins.
                     if let Some(t) = backend_token {
                         r.access_token = t;

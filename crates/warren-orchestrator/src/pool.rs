@@ -224,6 +224,7 @@ impl Orchestrator {
                             tenant: tenant.clone(),
                             size: r.size,
                             kind: EventKind::Claimed { tenant },
+                            backend: r.provider.clone(),
                         }))
                     }),
                 )

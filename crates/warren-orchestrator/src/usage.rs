@@ -25,6 +25,10 @@ pub enum Bucket {
 #[serde(rename_all = "camelCase")]
 pub struct UsageRow {
     pub tenant: String,
+    /// The backend the time was spent on (`local`, `docker`, `e2b`, …;
+    /// empty in logs written before backends were recorded).
+    #[serde(default)]
+    pub backend: String,
     /// Start of the period, ms since the epoch (UTC).
     pub period_start_ms: u64,
     pub running_seconds: f64,
@@ -39,6 +43,7 @@ pub struct UsageRow {
 #[derive(Debug, Clone, PartialEq)]
 struct Span {
     tenant: String,
+    backend: String,
     size: Size,
     paused: bool,
     from: u64,
@@ -48,6 +53,7 @@ struct Span {
 fn spans(events: &[Event], now_ms: u64) -> Vec<Span> {
     struct Open {
         tenant: String,
+        backend: String,
         size: Size,
         state: State,
         since: u64,
@@ -58,6 +64,7 @@ fn spans(events: &[Event], now_ms: u64) -> Vec<Span> {
         if matches!(o.state, State::Running | State::Paused) && at > o.since {
             out.push(Span {
                 tenant: o.tenant.clone(),
+                backend: o.backend.clone(),
                 size: o.size,
                 paused: o.state == State::Paused,
                 from: o.since,
@@ -72,7 +79,13 @@ fn spans(events: &[Event], now_ms: u64) -> Vec<Span> {
             EventKind::Created { .. } => {
                 open.insert(
                     id,
-                    Open { tenant: e.event.tenant.clone(), size: e.event.size, state: State::Creating, since: at },
+                    Open {
+                        tenant: e.event.tenant.clone(),
+                        backend: e.event.backend.clone(),
+                        size: e.event.size,
+                        state: State::Creating,
+                        since: at,
+                    },
                 );
             }
             EventKind::State { to, .. } => {
@@ -80,6 +93,9 @@ fn spans(events: &[Event], now_ms: u64) -> Vec<Span> {
                     close(o, at, &mut out);
                     o.state = *to;
                     o.since = at;
+                    if !e.event.backend.is_empty() {
+                        o.backend = e.event.backend.clone();
+                    }
                 }
             }
             EventKind::Claimed { tenant } => {
@@ -160,19 +176,20 @@ fn days_from_civil(y: i64, m: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Usage per tenant and period over `[from_ms, to_ms)`, from the event log
+/// Usage per tenant, period and backend over `[from_ms, to_ms)`, from the event log
 /// read up to `now_ms` (open stretches end there). Pool time is reported
 /// under the pool's pseudo-tenant: it is infrastructure, not tenant usage.
 pub fn rollup(events: &[Event], now_ms: u64, from_ms: u64, to_ms: u64, bucket: Bucket) -> Vec<UsageRow> {
-    let mut rows: BTreeMap<(String, u64), UsageRow> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, u64, String), UsageRow> = BTreeMap::new();
     for s in spans(events, now_ms) {
         let (mut a, b) = (s.from.max(from_ms), s.to.min(to_ms));
         while a < b {
             let (start, next) = period(a, bucket);
             let end = b.min(next);
             let secs = (end - a) as f64 / 1000.0;
-            let row = rows.entry((s.tenant.clone(), start)).or_insert_with(|| UsageRow {
+            let row = rows.entry((s.tenant.clone(), start, s.backend.clone())).or_insert_with(|| UsageRow {
                 tenant: s.tenant.clone(),
+                backend: s.backend.clone(),
                 period_start_ms: start,
                 ..Default::default()
             });
@@ -202,7 +219,17 @@ mod tests {
 
     fn ev(seq: u64, at: u64, ws: &WorkspaceId, tenant: &str, kind: EventKind) -> Event {
         let size = Size { millicpus: 2000, memory_mib: 1024, disk_mib: 1024, pids: 100 };
-        Event { seq, event: NewEvent { at_ms: at, workspace: ws.clone(), tenant: tenant.into(), size, kind } }
+        Event {
+            seq,
+            event: NewEvent {
+                at_ms: at,
+                workspace: ws.clone(),
+                tenant: tenant.into(),
+                size,
+                kind,
+                backend: "local".into(),
+            },
+        }
     }
 
     fn st(from: State, to: State) -> EventKind {
@@ -251,6 +278,27 @@ mod tests {
         let clipped = rollup(&evs, 70_000, 40_000, 50_000, Bucket::Day);
         assert_eq!(clipped.len(), 1);
         assert_eq!(clipped[0].running_seconds, 10.0);
+    }
+
+    #[test]
+    fn time_is_split_by_the_backend_it_ran_on() {
+        let (a, b) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let on = |seq, at, w: &WorkspaceId, kind, backend: &str| {
+            let mut e = ev(seq, at, w, "t", kind);
+            e.event.backend = backend.into();
+            e
+        };
+        // Created behind a router ("routed"); the Running transition names the backend that took it.
+        let evs = vec![
+            on(1, 0, &a, EventKind::Created { template: "base".into() }, "routed"),
+            on(2, 0, &a, st(State::Creating, State::Running), "local"),
+            on(3, 0, &b, EventKind::Created { template: "base".into() }, "routed"),
+            on(4, 0, &b, st(State::Creating, State::Running), "e2b"),
+            on(5, 30_000, &b, st(State::Running, State::Stopping), "e2b"),
+        ];
+        let rows = rollup(&evs, 60_000, 0, u64::MAX, Bucket::Day);
+        let secs = |be: &str| rows.iter().filter(|r| r.backend == be).map(|r| r.running_seconds).sum::<f64>();
+        assert_eq!((secs("local"), secs("e2b"), secs("routed")), (60.0, 30.0, 0.0));
     }
 
     #[test]

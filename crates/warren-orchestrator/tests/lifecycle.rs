@@ -143,6 +143,7 @@ async fn reconcile_adopts_fails_and_removes_orphans() {
                 tenant: "a".into(),
                 size: half.size,
                 kind: EventKind::Created { template: "base".into() },
+                backend: String::new(),
             },
         )
         .await

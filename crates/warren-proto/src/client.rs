@@ -144,7 +144,6 @@ impl AgentClient {
     }
 
     async fn sender(&self) -> Result<SendRequest<Body>> {
-        const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
         let mut guard = self.inner.conn.lock().await;
         if let Some(s) = guard.as_ref() {
             if !s.is_closed() {
@@ -155,14 +154,11 @@ impl AgentClient {
         let sender = match &self.inner.endpoint {
             Endpoint::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await.map_err(transport)?).await?,
             Endpoint::Tcp(a) | Endpoint::Gateway { addr: a, .. } => {
-                // A workspace that is gone leaves an address nobody answers:
-                // give up after a bound instead of the kernel's SYN retries.
-                let s = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a.as_str()))
-                    .await
-                    .map_err(|_| transport(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
-                    .map_err(transport)?;
-                let _ = s.set_nodelay(true);
-                handshake(s).await?
+                handshake(tcp_connect(a).await.map_err(transport)?).await?
+            }
+            Endpoint::Https { host, via } => {
+                let s = tcp_connect(via.as_deref().unwrap_or(host)).await.map_err(transport)?;
+                handshake(crate::tls::connect(host, s).await.map_err(transport)?).await?
             }
         };
         *guard = Some(sender.clone());
@@ -173,9 +169,13 @@ impl AgentClient {
     /// scheme and authority are filled in.
     pub async fn request(&self, mut req: Request<Body>) -> Result<Response<Incoming>> {
         let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        *req.uri_mut() = format!("http://agent{pq}")
-            .parse()
-            .map_err(|e| ClientError::Protocol(format!("bad request path {pq:?}: {e}")))?;
+        *req.uri_mut() = match &self.inner.endpoint {
+            // Host routing needs the real authority (it becomes :authority).
+            Endpoint::Https { host, .. } => format!("https://{}{pq}", host.strip_suffix(":443").unwrap_or(host)),
+            _ => format!("http://agent{pq}"),
+        }
+        .parse()
+        .map_err(|e| ClientError::Protocol(format!("bad request path {pq:?}: {e}")))?;
         if let Endpoint::Gateway { sandbox, .. } = &self.inner.endpoint {
             let v = http::HeaderValue::from_str(sandbox)
                 .map_err(|e| ClientError::Protocol(format!("sandbox id {sandbox:?}: {e}")))?;
@@ -516,6 +516,17 @@ impl AgentClient {
             Err(error_from_body(status, &bytes).into())
         }
     }
+}
+
+/// Connects over TCP with a bound: a workspace that is gone leaves an
+/// address nobody answers, and the kernel's SYN retries take minutes.
+async fn tcp_connect(addr: &str) -> io::Result<tokio::net::TcpStream> {
+    const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    let s = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = s.set_nodelay(true);
+    Ok(s)
 }
 
 async fn handshake<S>(stream: S) -> Result<SendRequest<Body>>

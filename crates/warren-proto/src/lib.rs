@@ -23,6 +23,8 @@ pub mod process;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
+pub mod tls;
 
 /// The envd version the agent advertises. 0.5.7 turns on raw octet-stream
 /// uploads in the SDK; metadata and watch extras (0.6.x) are not implemented.

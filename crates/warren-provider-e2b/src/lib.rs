@@ -7,15 +7,14 @@
 //!   `/timeout`, `/metrics`, with the API key in `X-API-Key`.
 //! - **Identity**: the sandbox's metadata carries `warren.id` and
 //!   `warren.owner`, so a restarted server finds its workspaces by listing.
-//! - **envd** is reached through the service's gateway
-//!   (`e2b://HOST:PORT/SANDBOX` endpoints: HTTP/2 with `E2b-Sandbox-Id`), with
-//!   the access token the service assigned ([`SandboxInfo::access_token`]).
+//! - **envd** is reached the way the service routes it, with the access token
+//!   it assigned ([`SandboxInfo::access_token`]): by host name over TLS,
+//!   `https://49983-{sandbox}.{domain}` as E2B's cloud does (the default for
+//!   an `https://api.{domain}` API), or through a gateway address with the
+//!   `E2b-Sandbox-Id` header over plain HTTP/2 (`e2b://HOST:PORT/SANDBOX`;
+//!   the default for an `http://` API such as another warren).
 //! - **Sizes**: a template has one size; asking for more than it gives is
 //!   refused with the template's figures, asking for less is served by it.
-//!
-//! Not yet: E2B's cloud reaches envd at `https://{port}-{id}.{domain}` with
-//! TLS, which the agent client does not speak; this backend is tested against
-//! warren's own E2B API (header routing over plain HTTP).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,8 +39,15 @@ pub struct E2bBackendConfig {
     /// The API, e.g. `https://api.e2b.app` or `http://10.0.0.5:7474`.
     pub api_url: String,
     pub api_key: String,
-    /// HOST:PORT of the gateway envd is reached through (default: the API's).
+    /// HOST:PORT of a gateway envd is reached through with the
+    /// `E2b-Sandbox-Id` header (default for an `http://` API: the API's).
     pub envd_addr: Option<String>,
+    /// DOMAIN[:PORT] under which envd is served over TLS as
+    /// `49983-{sandbox}.{domain}` (default for an `https://api.{domain}` API).
+    pub envd_domain: Option<String>,
+    /// HOST:PORT to connect to for those names instead of resolving them
+    /// (a service without wildcard DNS, or a test).
+    pub envd_via: Option<String>,
     /// Metadata value marking this installation's sandboxes.
     pub owner: String,
     /// Remote timeout given at create, seconds (the orchestrator moves it
@@ -56,6 +62,8 @@ impl E2bBackendConfig {
             api_url: api_url.into(),
             api_key: api_key.into(),
             envd_addr: None,
+            envd_domain: None,
+            envd_via: None,
             owner: "warren".into(),
             initial_timeout: 3600,
             call_timeout: Duration::from_secs(60),
@@ -66,7 +74,51 @@ impl E2bBackendConfig {
 pub struct E2bProvider {
     cfg: E2bBackendConfig,
     http: reqwest::Client,
-    envd_addr: String,
+    envd: EnvdRoute,
+}
+
+/// How envd is reached.
+#[derive(Debug, Clone, PartialEq)]
+enum EnvdRoute {
+    /// Plain HTTP/2 to one address, the sandbox named in a header.
+    Gateway(String),
+    /// TLS to `49983-{sandbox}.{domain}` (domain may carry `:PORT`).
+    Hosts { domain: String, via: Option<String> },
+}
+
+impl EnvdRoute {
+    fn from_config(cfg: &E2bBackendConfig, url: &reqwest::Url) -> Result<Self> {
+        let bad = |m: String| ProviderError::InvalidSpec(m);
+        if cfg.envd_addr.is_some() && cfg.envd_domain.is_some() {
+            return Err(bad("e2b backend: set envd_addr (gateway) or envd_domain (host routing), not both".into()));
+        }
+        if let Some(a) = &cfg.envd_addr {
+            return Ok(EnvdRoute::Gateway(a.clone()));
+        }
+        let host = url.host_str().ok_or_else(|| bad(format!("e2b api_url {:?} has no host", cfg.api_url)))?;
+        let domain = match (&cfg.envd_domain, url.scheme()) {
+            (Some(d), _) => Some(d.clone()),
+            // E2B's layout: the API at api.{domain}, sandboxes at {port}-{id}.{domain}.
+            (None, "https") => Some(host.strip_prefix("api.").unwrap_or(host).to_string()),
+            (None, _) => None,
+        };
+        match domain {
+            Some(d) if d.is_empty() || d.contains('/') => Err(bad(format!("e2b backend: envd_domain {d:?}"))),
+            Some(domain) => Ok(EnvdRoute::Hosts { domain, via: cfg.envd_via.clone() }),
+            None => Ok(EnvdRoute::Gateway(format!("{host}:{}", url.port_or_known_default().unwrap_or(80)))),
+        }
+    }
+
+    fn endpoint(&self, sandbox: &str) -> Endpoint {
+        match self {
+            EnvdRoute::Gateway(addr) => Endpoint::Gateway { addr: addr.clone(), sandbox: sandbox.to_string() },
+            EnvdRoute::Hosts { domain, via } => {
+                let host = format!("{}-{sandbox}.{domain}", warren_proto::DEFAULT_PORT);
+                let host = if domain.contains(':') { host } else { format!("{host}:443") };
+                Endpoint::Https { host, via: via.clone() }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,19 +175,12 @@ impl E2bProvider {
     pub fn new(cfg: E2bBackendConfig) -> Result<Self> {
         let url = reqwest::Url::parse(&cfg.api_url)
             .map_err(|e| ProviderError::InvalidSpec(format!("e2b api_url {:?}: {e}", cfg.api_url)))?;
-        let envd_addr = match &cfg.envd_addr {
-            Some(a) => a.clone(),
-            None => format!(
-                "{}:{}",
-                url.host_str().ok_or_else(|| ProviderError::InvalidSpec("e2b api_url has no host".into()))?,
-                url.port_or_known_default().unwrap_or(80)
-            ),
-        };
+        let envd = EnvdRoute::from_config(&cfg, &url)?;
         let http = reqwest::Client::builder()
             .timeout(cfg.call_timeout)
             .build()
             .map_err(|e| ProviderError::Internal(format!("http client: {e}")))?;
-        Ok(E2bProvider { cfg, http, envd_addr })
+        Ok(E2bProvider { cfg, http, envd })
     }
 
     fn url(&self, path: &str) -> String {
@@ -211,7 +256,7 @@ impl E2bProvider {
 
     fn info(&self, d: Detail) -> Option<SandboxInfo> {
         let id: WorkspaceId = d.metadata.get(M_ID)?.parse().ok()?;
-        let endpoint = Endpoint::Gateway { addr: self.envd_addr.clone(), sandbox: d.sandbox_id.clone() };
+        let endpoint = self.envd.endpoint(&d.sandbox_id);
         Some(SandboxInfo {
             id,
             template: d.template_id.clone(),
@@ -409,6 +454,36 @@ impl SandboxProvider for E2bProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn route(api: &str, f: impl FnOnce(&mut E2bBackendConfig)) -> Result<EnvdRoute> {
+        let mut c = E2bBackendConfig::new(api, "k");
+        f(&mut c);
+        EnvdRoute::from_config(&c, &reqwest::Url::parse(api).unwrap())
+    }
+
+    #[test]
+    fn envd_routes_follow_the_api_url_unless_configured() {
+        // E2B's cloud: TLS by host name under the API's domain.
+        let r = route("https://api.e2b.app", |_| {}).unwrap();
+        assert_eq!(r.endpoint("sb1").to_string(), "https://49983-sb1.e2b.app:443");
+        // Another warren over plain HTTP: its gateway, by header.
+        let r = route("http://10.0.0.5:7474", |_| {}).unwrap();
+        assert_eq!(r.endpoint("sb1").to_string(), "e2b://10.0.0.5:7474/sb1");
+        let r = route("https://api.example.com", |c| {
+            c.envd_domain = Some("sandboxes.example.com:8443".into());
+            c.envd_via = Some("127.0.0.1:9443".into());
+        })
+        .unwrap();
+        assert_eq!(r.endpoint("x").to_string(), "https://49983-x.sandboxes.example.com:8443?via=127.0.0.1:9443");
+        let r = route("https://api.e2b.app", |c| c.envd_addr = Some("gw:1".into())).unwrap();
+        assert_eq!(r, EnvdRoute::Gateway("gw:1".into()));
+        let e = route("https://api.e2b.app", |c| {
+            c.envd_addr = Some("gw:1".into());
+            c.envd_domain = Some("d".into());
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+    }
 
     #[test]
     fn times_parse() {

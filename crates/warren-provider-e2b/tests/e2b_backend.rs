@@ -227,6 +227,59 @@ async fn routes_by_tenant_and_overflow_when_full() {
     assert!(bad.err().unwrap().contains("backend \"e2b\" is not configured"));
 }
 
+/// Overflowed time is metered under the backend that ran it and priced at
+/// that backend's rate: the invoice shows E2B's share at E2B's price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_names_the_backend_and_the_invoice_prices_it() {
+    use warren_orchestrator::usage::{rollup, Bucket};
+    let dir = tempfile::tempdir().unwrap();
+    let url = cloud(dir.path()).await;
+    let r = router(own_fleet(dir.path(), 1), backend(&url, "meter"), vec![]);
+    let store = Arc::new(MemoryStore::new());
+    let orch = Orchestrator::new(Arc::new(r), store.clone(), Arc::new(warren_core::SystemClock), Default::default());
+    let req = || CreateRequest { tenant: "paying".into(), template: "base".into(), ..Default::default() };
+    let own = orch.create(req()).await.unwrap();
+    let over = orch.create(req()).await.unwrap();
+    assert_eq!((own.provider.as_str(), over.provider.as_str()), ("own", "e2b"), "the record names the backend");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    orch.kill(Some("paying"), &own.id).await.unwrap();
+    orch.kill(Some("paying"), &over.id).await.unwrap();
+    let events = store.events_since(0, 1000).await.unwrap();
+    let rows = rollup(&events, orch.now_ms(), 0, u64::MAX, Bucket::Month);
+    let secs = |b: &str| rows.iter().filter(|r| r.backend == b).map(|r| r.running_seconds).sum::<f64>();
+    assert!(secs("own") >= 1.0 && secs("e2b") >= 1.0, "{rows:?}");
+    assert_eq!(secs("routed"), 0.0, "no time is metered under the router's own name");
+    let usage: Vec<_> = rows
+        .iter()
+        .map(|r| warren_cost::invoice::TenantUsage {
+            tenant: r.tenant.clone(),
+            backend: r.backend.clone(),
+            running_seconds: r.running_seconds,
+            paused_seconds: r.paused_seconds,
+            vcpu_seconds: r.vcpu_seconds,
+            gib_seconds: r.gib_seconds,
+        })
+        .collect();
+    let catalog = warren_cost::Catalog::embedded();
+    let inv = warren_cost::invoice::invoice(
+        &catalog,
+        "ecs-ec2-od",
+        &usage,
+        warren_orchestrator::pool::POOL_TENANT,
+        &|_| "standard".into(),
+        &|b| (b == "e2b").then(|| "e2b-pro".into()),
+    )
+    .unwrap();
+    let line = &inv.lines[0];
+    let by: Vec<_> = line.by_backend.iter().map(|b| (b.backend.as_str(), b.setup.as_str())).collect();
+    assert_eq!(by, [("e2b", "e2b-pro"), ("own", "ecs-ec2-od")]);
+    let per_hour = |b: &str| {
+        let c = line.by_backend.iter().find(|x| x.backend == b).unwrap();
+        c.cost_usd / c.running_hours
+    };
+    assert!(per_hour("e2b") > per_hour("own"), "an hour on E2B costs more than one on the own fleet");
+}
+
 /// With a backend any host can reach, workspaces belong to no replica: any
 /// replica talks to their agents directly, and the background jobs for them
 /// run on the one replica holding the shared-jobs lease, which passes on
@@ -264,4 +317,83 @@ async fn replicas_share_network_reachable_workspaces_under_one_lease() {
     assert!(b.claim_shared_jobs().await.unwrap());
     assert_eq!(b.reap_once().await.unwrap(), 1);
     assert!(b.get(Some("t"), &rec.id).await.is_err(), "reaped");
+}
+
+/// A TLS edge like E2B's: `*.e2b.test` under a private CA, HTTP/2 by ALPN,
+/// each connection passed to the cloud's port (which routes by the
+/// `49983-{id}.e2b.test` host). Returns the edge's address and the CA's PEM.
+async fn tls_edge(cloud_url: &str) -> (String, String) {
+    use tokio_rustls::rustls;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "warren test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["*.e2b.test".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let upstream = cloud_url.trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    (addr, ca.pem())
+}
+
+/// E2B's cloud layout: envd at `https://49983-{id}.{domain}` behind TLS,
+/// reached by host name (connections sent to the edge as DNS would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_with_envd_over_tls_by_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = cloud(dir.path()).await;
+    let (edge, ca_pem) = tls_edge(&url).await;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    // The agent client trusts the Mozilla roots plus SSL_CERT_FILE; set
+    // before any TLS connection in this process.
+    std::env::set_var("SSL_CERT_FILE", &ca_file);
+    let make = || {
+        let mut c = E2bBackendConfig::new(&url, KEY);
+        c.owner = "tls".into();
+        c.envd_domain = Some(format!("e2b.test:{}", edge.rsplit(':').next().unwrap()));
+        c.envd_via = Some(edge.clone());
+        E2bProvider::new(c).unwrap()
+    };
+    let p = make();
+    let spec = warren_provider::conformance::spec("base");
+    let info = p.create(&spec).await.unwrap();
+    assert!(info.endpoint.to_string().starts_with("https://49983-"), "{}", info.endpoint);
+    let agent = warren_proto::client::AgentClient::new(info.endpoint.clone()).with_access_token(info.access_token);
+    assert_eq!(agent.sh("echo over tls").await.unwrap().stdout, b"over tls\n");
+    // A client that does not trust the edge's certificate is refused, not downgraded.
+    let wrong_name = warren_proto::endpoint::Endpoint::Https {
+        host: format!("49983-x.not-e2b.test:{}", edge.rsplit(':').next().unwrap()),
+        via: Some(edge.clone()),
+    };
+    let e = warren_proto::client::AgentClient::new(wrong_name).health().await.unwrap_err();
+    assert!(e.to_string().contains("certificate") || e.to_string().contains("Certificate"), "{e}");
+    p.destroy(&spec.id).await.unwrap();
+    warren_provider::conformance::run(&p, make, "base").await;
 }

@@ -197,6 +197,13 @@ pub trait SandboxProvider: Send + Sync + 'static {
     async fn stop(&self, id: &WorkspaceId) -> Result<()>;
     async fn destroy(&self, id: &WorkspaceId) -> Result<()>;
     async fn stats(&self, id: &WorkspaceId) -> Result<Stats>;
+    /// The name of the backend that holds `id`: this provider's own name,
+    /// or for a router the backend it sent the workspace to (metering
+    /// prices time at that backend's rate).
+    async fn backend_of(&self, id: &WorkspaceId) -> Result<String> {
+        let _ = id;
+        Ok(self.name().to_string())
+    }
     /// Tells the backend when the orchestrator will end the workspace, for
     /// backends with their own timeout (E2B). Others ignore it.
     async fn set_deadline(&self, id: &WorkspaceId, seconds_from_now: u64) -> Result<()> {

@@ -93,11 +93,6 @@ impl RoutingProvider {
     fn backend(&self, i: usize) -> &Arc<dyn SandboxProvider> {
         &self.backends[i].1
     }
-
-    /// The backend name a workspace runs on (for metering and listings).
-    pub async fn backend_of(&self, id: &WorkspaceId) -> Result<String> {
-        Ok(self.backends[self.locate(id).await?].0.clone())
-    }
 }
 
 #[async_trait]
@@ -196,6 +191,10 @@ impl SandboxProvider for RoutingProvider {
     async fn stats(&self, id: &WorkspaceId) -> Result<Stats> {
         let i = self.locate(id).await?;
         self.backend(i).stats(id).await
+    }
+
+    async fn backend_of(&self, id: &WorkspaceId) -> Result<String> {
+        Ok(self.backends[self.locate(id).await?].0.clone())
     }
 
     async fn set_deadline(&self, id: &WorkspaceId, seconds_from_now: u64) -> Result<()> {

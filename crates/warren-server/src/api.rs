@@ -494,16 +494,18 @@ pub async fn usage(State(s): State<AppState>, caller: Caller, Query(q): Query<Us
         .filter(|r| caller.admin || r.tenant == caller.tenant)
         .collect();
     if q.format.as_deref() == Some("csv") {
-        let mut out = String::from("tenant,period_start,running_seconds,paused_seconds,vcpu_seconds,gib_seconds\n");
+        let mut out =
+            String::from("tenant,period_start,running_seconds,paused_seconds,vcpu_seconds,gib_seconds,backend\n");
         for r in &rows {
             out.push_str(&format!(
-                "{},{},{:.3},{:.3},{:.3},{:.3}\n",
+                "{},{},{:.3},{:.3},{:.3},{:.3},{}\n",
                 r.tenant,
                 Millis(r.period_start_ms),
                 r.running_seconds,
                 r.paused_seconds,
                 r.vcpu_seconds,
-                r.gib_seconds
+                r.gib_seconds,
+                r.backend
             ));
         }
         return Ok(([(axum::http::header::CONTENT_TYPE, "text/csv")], out).into_response());
@@ -530,14 +532,19 @@ pub async fn invoice(
     let (from, to) =
         month_bounds(&month).ok_or_else(|| ApiError::bad_request(format!("month {month:?}: expected YYYY-MM")))?;
     let events = all_events(&s).await?;
-    let mut per_tenant: std::collections::BTreeMap<String, warren_cost::invoice::TenantUsage> = Default::default();
+    let mut per_tenant: std::collections::BTreeMap<(String, String), warren_cost::invoice::TenantUsage> =
+        Default::default();
     for r in rollup(&events, now, from, to.min(now.max(from + 1)), Bucket::Month) {
         if !caller.admin && r.tenant != caller.tenant {
             continue;
         }
-        let u = per_tenant
-            .entry(r.tenant.clone())
-            .or_insert_with(|| warren_cost::invoice::TenantUsage { tenant: r.tenant.clone(), ..Default::default() });
+        let u = per_tenant.entry((r.tenant.clone(), r.backend.clone())).or_insert_with(|| {
+            warren_cost::invoice::TenantUsage {
+                tenant: r.tenant.clone(),
+                backend: r.backend.clone(),
+                ..Default::default()
+            }
+        });
         u.running_seconds += r.running_seconds;
         u.paused_seconds += r.paused_seconds;
         u.vcpu_seconds += r.vcpu_seconds;
@@ -552,6 +559,7 @@ pub async fn invoice(
         &usage,
         warren_orchestrator::pool::POOL_TENANT,
         &class_of,
+        &|b: &str| cost.backend_setups.get(b).cloned(),
     )
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let mut v =
@@ -566,7 +574,7 @@ pub async fn invoice(
             if let Some(lines) = o.get_mut("lines").and_then(|l| l.as_array_mut()) {
                 for l in lines {
                     if let Some(l) = l.as_object_mut() {
-                        for k in ["costUsd", "costJpy", "marginPct"] {
+                        for k in ["costUsd", "costJpy", "marginPct", "byBackend"] {
                             l.remove(k);
                         }
                     }

@@ -48,6 +48,9 @@ pub struct CostConfig {
     pub setup: String,
     pub default_class: String,
     pub tenant_classes: std::collections::HashMap<String, String>,
+    /// Backends whose time costs like another setup (`e2b` = `e2b-pro`);
+    /// the rest cost like `setup`.
+    pub backend_setups: std::collections::HashMap<String, String>,
 }
 
 impl Default for CostConfig {
@@ -57,6 +60,7 @@ impl Default for CostConfig {
             setup: "ecs-ec2-od".into(),
             default_class: "standard".into(),
             tenant_classes: Default::default(),
+            backend_setups: [("e2b".to_string(), "e2b-pro".to_string())].into(),
         }
     }
 }
@@ -66,6 +70,11 @@ impl CostConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.catalog.setup(&self.setup).is_none() {
             return Err(format!("cost_setup {:?} is not in the price catalog", self.setup));
+        }
+        for (backend, setup) in &self.backend_setups {
+            if self.catalog.setup(setup).is_none() {
+                return Err(format!("backend_setups: {backend} = {setup:?} is not in the price catalog"));
+            }
         }
         for (who, class) in std::iter::once(("default_class", &self.default_class))
             .chain(self.tenant_classes.iter().map(|(t, c)| (t.as_str(), c)))

@@ -87,6 +87,7 @@ async fn two_replicas_serialise_updates_and_keep_the_log_gap_free() {
         tenant: r.tenant.clone(),
         size: r.size,
         kind: EventKind::Created { template: r.template.clone() },
+        backend: String::new(),
     };
     a.insert_workspace(&rec, ev(&rec)).await.unwrap();
     // 2 x 50 concurrent increments through two "replicas": none lost.
@@ -105,6 +106,7 @@ async fn two_replicas_serialise_updates_and_keep_the_log_gap_free() {
                         tenant: r.tenant.clone(),
                         size: r.size,
                         kind: EventKind::Timeout { expires_at_ms: r.expires_at_ms },
+                        backend: String::new(),
                     }))
                 }),
             )
@@ -158,6 +160,7 @@ async fn redis_down_is_unavailable_and_recovery_keeps_everything() {
         tenant: "t".into(),
         size: rec.size,
         kind: EventKind::Created { template: "base".into() },
+        backend: String::new(),
     };
     store.insert_workspace(&rec, ev.clone()).await.unwrap();
     r.down();

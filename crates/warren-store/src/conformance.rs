@@ -36,6 +36,7 @@ fn created(r: &WorkspaceRecord) -> NewEvent {
         tenant: r.tenant.clone(),
         size: r.size,
         kind: EventKind::Created { template: r.template.clone() },
+        backend: r.provider.clone(),
     }
 }
 
@@ -70,6 +71,7 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
                     tenant: r.tenant.clone(),
                     size: r.size,
                     kind: EventKind::State { from, to: r.state },
+                    backend: r.provider.clone(),
                 }))
             }),
         )
@@ -112,6 +114,7 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
                         tenant: r.tenant.clone(),
                         size: r.size,
                         kind: EventKind::Timeout { expires_at_ms: n + 1 },
+                        backend: r.provider.clone(),
                     }))
                 }),
             )

@@ -90,6 +90,10 @@ pub struct NewEvent {
     pub tenant: String,
     pub size: Size,
     pub kind: EventKind,
+    /// The backend the workspace runs on when this happened (`local`,
+    /// `docker`, `e2b`, …), so its time is priced at that backend's rate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend: String,
 }
 
 /// A durable event with its position in the log (1, 2, 3, … without gaps).
