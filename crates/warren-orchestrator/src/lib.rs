@@ -273,16 +273,29 @@ impl Orchestrator {
             let mut m = self.admission.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(req.tenant.clone()).or_default().clone()
         };
-        let mut recent = lock.lock_owned().await;
-        self.check_quota(&req.tenant, &size, &mut recent).await?;
-        let now = self.clock.now_ms();
-        if req.network.is_none() {
-            if let Some(rec) = self.claim(&req, size).await? {
-                recent.push_back(now);
-                return Ok(rec);
+        // A pool member that fails its personalisation is killed; try
+        // another a bounded number of times, then create one cold.
+        let mut attempts = 0;
+        loop {
+            let mut recent = lock.clone().lock_owned().await;
+            self.check_quota(&req.tenant, &size, &mut recent).await?;
+            let now = self.clock.now_ms();
+            if req.network.is_none() && attempts < 3 {
+                attempts += 1;
+                if let Some(taken) = self.take_member(&req, size).await? {
+                    // The member is the tenant's now (it counts for the
+                    // quota): let the tenant's next create in while this one
+                    // is personalised.
+                    recent.push_back(now);
+                    drop(recent);
+                    match self.personalise(taken, &req.env).await {
+                        Some(rec) => return Ok(rec),
+                        None => continue,
+                    }
+                }
             }
+            return self.create_new(req, Some(recent)).await;
         }
-        self.create_new(req, Some(recent)).await
     }
 
     fn quota(&self, tenant: &str) -> &Quota {

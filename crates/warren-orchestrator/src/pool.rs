@@ -17,13 +17,13 @@
 //! drains older members and builds new ones.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use warren_core::autoscale::{PolicyConfig, PoolPolicy};
-use warren_core::{random_token, Size, State};
+use warren_core::{random_token, Size, State, WorkspaceId};
 use warren_proto::client::AgentClient;
 use warren_proto::http::InitRequest;
 use warren_store::{EventKind, NewEvent, StoreError, WorkspaceRecord};
@@ -34,6 +34,22 @@ use crate::{CreateRequest, Error, Orchestrator, Result};
 pub const POOL_TENANT: &str = "__pool__";
 /// Pool creates in flight at once, per pool.
 const REFILL_CONCURRENCY: usize = 4;
+/// A refill waits until no claim came in for this long: during a burst the
+/// claims get the CPU, the refill follows right after.
+const BURST_QUIET: Duration = Duration::from_millis(150);
+/// …but never holds back longer than this under a steady stream of claims.
+const MAX_HOLD: Duration = Duration::from_millis(500);
+/// An idle refill worker exits after this (the next refill pass or claim
+/// starts a new one).
+const WORKER_IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// A pool member taken for a tenant, not yet personalised.
+pub(crate) struct Taken {
+    rec: WorkspaceRecord,
+    token: String,
+    pool: usize,
+    started: Instant,
+}
 
 /// One pool: how many ready workspaces of a template and size to keep.
 ///
@@ -81,6 +97,21 @@ struct Counters {
     claim_hist: [AtomicU64; CLAIM_BUCKETS_MS.len() + 1],
     claim_us_sum: AtomicU64,
     policy: Mutex<PoolPolicy>,
+    /// Ready members (with when they were added), so a claim takes one
+    /// without scanning the store; the store's compare-and-set still
+    /// decides. Rebuilt from the store by every refill pass.
+    ready: Mutex<Vec<(WorkspaceId, Instant)>>,
+    /// Whether a refill pass has filled `ready` from the store yet (until
+    /// then claims scan the store).
+    indexed: AtomicBool,
+    /// The template revision new members are built from.
+    revision: Mutex<String>,
+    /// When the last claim came in: refills hold back during a burst.
+    last_claim: Mutex<Option<Instant>>,
+    /// Refill workers running.
+    workers: AtomicUsize,
+    /// Wakes idle refill workers after a claim.
+    kick: tokio::sync::Notify,
 }
 
 impl Counters {
@@ -96,11 +127,25 @@ impl Counters {
             claim_hist: Default::default(),
             claim_us_sum: AtomicU64::new(0),
             policy: Mutex::new(spec.policy()),
+            ready: Mutex::new(Vec::new()),
+            indexed: AtomicBool::new(false),
+            revision: Mutex::new(String::new()),
+            last_claim: Mutex::new(None),
+            workers: AtomicUsize::new(0),
+            kick: tokio::sync::Notify::new(),
         }
     }
 
     fn policy(&self) -> std::sync::MutexGuard<'_, PoolPolicy> {
         self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<(WorkspaceId, Instant)>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn since_last_claim(&self) -> Option<Duration> {
+        self.last_claim.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
     }
 
     fn observe_claim(&self, d: Duration) {
@@ -167,100 +212,139 @@ impl Orchestrator {
         }
     }
 
-    /// Hands out a ready pool member for this request, if a pool matches.
-    pub(crate) async fn claim(&self, req: &CreateRequest, size: Size) -> Result<Option<WorkspaceRecord>> {
-        let Some((spec, counters)) =
-            self.pools.specs.iter().find(|(p, _)| p.template == req.template && self.pool_size(p) == size)
+    /// Takes a ready pool member for this request, if a pool matches: one
+    /// compare-and-set on its record (still the pool's and ready → the
+    /// tenant's). Cheap; the caller personalises it afterwards.
+    pub(crate) async fn take_member(&self, req: &CreateRequest, size: Size) -> Result<Option<Taken>> {
+        let Some(i) =
+            self.pools.specs.iter().position(|(p, _)| p.template == req.template && self.pool_size(p) == size)
         else {
             return Ok(None);
         };
+        let counters = &self.pools.specs[i].1;
         let timeout = req.timeout.unwrap_or(self.cfg.default_timeout);
         self.validate_timeout(timeout)?;
         let started = Instant::now();
         counters.policy().record_claim(self.clock.now_ms());
-        let mut candidates: Vec<WorkspaceRecord> = self
-            .my_workspaces()
-            .await?
-            .into_iter()
-            .filter(|r| {
-                is_member(r, &spec.template, &size)
-                    && r.state == State::Running
-                    && r.metadata.get("ready").is_some_and(|v| v == "1")
-            })
-            .collect();
-        // Start at a random member: concurrent claims then rarely race for
-        // the same record (a lost race just moves on to the next).
-        candidates.sort_by_key(|r| r.created_at_ms);
-        if !candidates.is_empty() {
-            let mut b = [0u8; 4];
-            let _ = getrandom::fill(&mut b);
-            let start = u32::from_le_bytes(b) as usize % candidates.len();
-            candidates.rotate_left(start);
-        }
-        for c in candidates {
+        *counters.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        counters.kick.notify_waiters();
+        let token = random_token(16);
+        let cas = |id: WorkspaceId| {
             let now = self.clock.now_ms();
-            let (tenant, metadata, env) = (req.tenant.clone(), req.metadata.clone(), req.env.clone());
-            let token = random_token(16);
-            let new_token = token.clone();
-            let claimed = self
-                .store
-                .update_workspace(
-                    &c.id,
-                    Box::new(move |r| {
-                        if r.tenant != POOL_TENANT || r.state != State::Running {
-                            return Err(StoreError::Rejected("already claimed".into()));
-                        }
-                        r.tenant = tenant.clone();
-                        r.metadata = metadata;
-                        r.env = env;
-                        r.access_token = new_token;
-                        r.created_at_ms = now;
-                        r.updated_at_ms = now;
-                        r.last_activity_ms = now;
-                        r.expires_at_ms = now + timeout.as_millis() as u64;
-                        Ok(Some(NewEvent {
-                            at_ms: now,
-                            workspace: r.id.clone(),
-                            tenant: tenant.clone(),
-                            size: r.size,
-                            kind: EventKind::Claimed { tenant },
-                            backend: r.provider.clone(),
-                        }))
-                    }),
-                )
-                .await;
-            let rec = match claimed {
-                Ok((rec, _)) => rec,
-                // Another request won this one: try the next.
-                Err(StoreError::Rejected(_)) | Err(StoreError::NotFound(_)) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            // Personalise: a fresh access token and the tenant's environment.
-            let Some(ep) = rec.endpoint.as_ref().and_then(|e| e.parse().ok()) else {
-                let _ = self.kill_any(&rec.id).await;
-                continue;
-            };
-            let agent = AgentClient::new(ep);
-            let init = InitRequest { access_token: Some(token), env_vars: Some(req.env.clone()), ..Default::default() };
-            if agent.init(&rec.init_token, &init).await.is_err() {
-                let _ = self.kill_any(&rec.id).await;
-                continue;
+            let (tenant, metadata, env, new_token) =
+                (req.tenant.clone(), req.metadata.clone(), req.env.clone(), token.clone());
+            async move {
+                self.store
+                    .update_workspace(
+                        &id,
+                        Box::new(move |r| {
+                            if r.tenant != POOL_TENANT
+                                || r.state != State::Running
+                                || r.metadata.get("ready").is_none_or(|v| v != "1")
+                            {
+                                return Err(StoreError::Rejected("already claimed".into()));
+                            }
+                            r.tenant = tenant.clone();
+                            r.metadata = metadata;
+                            r.env = env;
+                            r.access_token = new_token;
+                            r.created_at_ms = now;
+                            r.updated_at_ms = now;
+                            r.last_activity_ms = now;
+                            r.expires_at_ms = now + timeout.as_millis() as u64;
+                            Ok(Some(NewEvent {
+                                at_ms: now,
+                                workspace: r.id.clone(),
+                                tenant: tenant.clone(),
+                                size: r.size,
+                                kind: EventKind::Claimed { tenant },
+                                backend: r.provider.clone(),
+                            }))
+                        }),
+                    )
+                    .await
             }
-            self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
-            self.touch(&rec.id);
-            counters.hits.fetch_add(1, Ordering::Relaxed);
-            counters.observe_claim(started.elapsed());
-            return Ok(Some(rec));
+        };
+        let taken = |rec| Ok(Some(Taken { rec, token: token.clone(), pool: i, started }));
+        if counters.indexed.load(Ordering::Acquire) {
+            // The in-memory index: no store scan on the hot path.
+            loop {
+                let Some((id, _)) = counters.ready().pop() else { break };
+                match cas(id).await {
+                    Ok((rec, _)) => return taken(rec),
+                    // Claimed elsewhere or gone since it was indexed.
+                    Err(StoreError::Rejected(_)) | Err(StoreError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        } else {
+            let mut candidates: Vec<WorkspaceRecord> = self
+                .my_workspaces()
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    is_member(r, &self.pools.specs[i].0.template, &size)
+                        && r.state == State::Running
+                        && r.metadata.get("ready").is_some_and(|v| v == "1")
+                })
+                .collect();
+            // Start at a random member: concurrent claims then rarely race
+            // for the same record (a lost race just moves on to the next).
+            candidates.sort_by_key(|r| r.created_at_ms);
+            if !candidates.is_empty() {
+                let mut b = [0u8; 4];
+                let _ = getrandom::fill(&mut b);
+                let start = u32::from_le_bytes(b) as usize % candidates.len();
+                candidates.rotate_left(start);
+            }
+            for c in candidates {
+                match cas(c.id).await {
+                    Ok((rec, _)) => return taken(rec),
+                    Err(StoreError::Rejected(_)) | Err(StoreError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         counters.misses.fetch_add(1, Ordering::Relaxed);
         Ok(None)
     }
 
-    /// Starts creates for every pool below its target (bounded per pool).
+    /// Personalises a taken member through the agent's `/init`: the fresh
+    /// access token and the tenant's environment. None (and the member
+    /// killed) when the agent does not take it; the caller tries again.
+    pub(crate) async fn personalise(&self, t: Taken, env: &BTreeMap<String, String>) -> Option<WorkspaceRecord> {
+        let Taken { rec, token, pool, started } = t;
+        let Some(ep) = rec.endpoint.as_ref().and_then(|e| e.parse().ok()) else {
+            let _ = self.kill_any(&rec.id).await;
+            return None;
+        };
+        // The connection the readiness check opened, when there is one: no
+        // connection setup on the claim path.
+        let cached = self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+        let agent = cached.unwrap_or_else(|| AgentClient::new(ep));
+        let init = InitRequest { access_token: Some(token.clone()), env_vars: Some(env.clone()), ..Default::default() };
+        if let Err(e) = agent.init(&rec.init_token, &init).await {
+            eprintln!("warren: pool member {} refused its personalisation: {e}", rec.id);
+            let _ = self.kill_any(&rec.id).await;
+            return None;
+        }
+        agent.set_access_token(Some(token));
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.id.clone(), agent);
+        self.touch(&rec.id);
+        let counters = &self.pools.specs[pool].1;
+        counters.hits.fetch_add(1, Ordering::Relaxed);
+        counters.observe_claim(started.elapsed());
+        Some(rec)
+    }
+
+    /// One refill pass: drains members of an older template revision and
+    /// an adaptive pool's surplus, rebuilds the claim index from the store,
+    /// and starts refill workers for pools below their target.
     pub async fn refill_pools(self: &Arc<Self>) {
         if self.pools.specs.is_empty() {
             return;
         }
+        let scanned_at = Instant::now();
         let Ok(all) = self.my_workspaces().await else { return };
         // Current template revisions; a template the backend cannot list
         // keeps its members (no revision to compare with).
@@ -285,42 +369,113 @@ impl Orchestrator {
                 }
             }
             let target = self.pool_target(spec, counters);
-            let mut have = fresh.len();
-            if spec.is_adaptive() && have > target {
+            if spec.is_adaptive() && fresh.len() > target {
                 // Demand fell: give back the newest surplus (idle members
                 // are pure infrastructure cost).
                 fresh.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
-                for r in fresh.iter().take(have - target) {
-                    if self.drain_member(&r.id).await {
+                let surplus = fresh.len() - target;
+                let mut kept = Vec::with_capacity(fresh.len());
+                for (n, r) in fresh.into_iter().enumerate() {
+                    if n < surplus && self.drain_member(&r.id).await {
                         counters.shrunk.fetch_add(1, Ordering::Relaxed);
-                        have -= 1;
+                    } else {
+                        kept.push(r);
                     }
                 }
+                fresh = kept;
             }
-            let in_flight = counters.in_flight.load(Ordering::Relaxed);
-            let want = target.saturating_sub(have + in_flight).min(REFILL_CONCURRENCY.saturating_sub(in_flight));
-            for _ in 0..want {
-                counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                let me = self.clone();
-                let revision = current.clone();
-                tokio::spawn(async move {
-                    let (spec, counters) = &me.pools.specs[i];
-                    // Real elapsed time, whatever clock drives the policy.
-                    let started = Instant::now();
-                    if let Err(e) = me.warm_one(spec, revision).await {
-                        eprintln!("warren: pool {}: {e}", spec.template);
-                        // Do not spin on a broken template.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    } else {
-                        let took = started.elapsed().as_millis() as u64;
-                        counters.refill_ms.fetch_add(took, Ordering::Relaxed);
-                        counters.refills.fetch_add(1, Ordering::Relaxed);
-                        counters.policy().record_refill(took);
+            // Rebuild the claim index from the store: the ready members seen
+            // now, plus any that became ready after the scan started.
+            {
+                let mut ready = counters.ready();
+                let later: Vec<(WorkspaceId, Instant)> = ready.drain(..).filter(|(_, at)| *at > scanned_at).collect();
+                let mut seen: std::collections::HashSet<WorkspaceId> = later.iter().map(|(id, _)| id.clone()).collect();
+                for r in &fresh {
+                    if r.state == State::Running
+                        && r.metadata.get("ready").is_some_and(|v| v == "1")
+                        && seen.insert(r.id.clone())
+                    {
+                        ready.push((r.id.clone(), scanned_at));
                     }
-                    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                });
+                }
+                ready.extend(later);
+            }
+            *counters.revision.lock().unwrap_or_else(|p| p.into_inner()) = current.clone();
+            counters.indexed.store(true, Ordering::Release);
+            self.ensure_workers(i);
+        }
+    }
+
+    /// Members the pool still lacks: target − ready − being built.
+    fn deficit(&self, i: usize) -> usize {
+        let (spec, counters) = &self.pools.specs[i];
+        let target = self.pool_target(spec, counters);
+        target.saturating_sub(counters.ready().len() + counters.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Starts refill workers up to the deficit (at most
+    /// [`REFILL_CONCURRENCY`] per pool).
+    fn ensure_workers(self: &Arc<Self>, i: usize) {
+        let counters = &self.pools.specs[i].1;
+        let want = self.deficit(i).min(REFILL_CONCURRENCY);
+        while counters.workers.load(Ordering::Acquire) < want {
+            counters.workers.fetch_add(1, Ordering::AcqRel);
+            let me = self.clone();
+            tokio::spawn(async move { me.refill_worker(i).await });
+        }
+    }
+
+    /// Builds members one after another while the pool is short, holding
+    /// back while claims stream in; waits for a claim when the pool is full,
+    /// and exits after a while idle.
+    async fn refill_worker(self: Arc<Self>, i: usize) {
+        let (spec, counters) = &self.pools.specs[i];
+        let mut idle_since = Instant::now();
+        loop {
+            let mut held = Duration::ZERO;
+            while counters.since_last_claim().is_some_and(|d| d < BURST_QUIET) && held < MAX_HOLD {
+                tokio::time::sleep(BURST_QUIET).await;
+                held += BURST_QUIET;
+            }
+            // Reserve one build under the index lock, so workers never
+            // overshoot the target together.
+            let reserved = {
+                let ready = counters.ready();
+                let target = self.pool_target(spec, counters);
+                let busy = ready.len() + counters.in_flight.load(Ordering::Relaxed);
+                (busy < target).then(|| counters.in_flight.fetch_add(1, Ordering::AcqRel))
+            };
+            if reserved.is_none() {
+                if idle_since.elapsed() >= WORKER_IDLE_EXIT {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), counters.kick.notified()).await;
+                continue;
+            }
+            let revision = counters.revision.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // Real elapsed time, whatever clock drives the policy.
+            let started = Instant::now();
+            let built = self.warm_one(spec, revision).await;
+            match built {
+                Ok(id) => {
+                    counters.ready().push((id, Instant::now()));
+                    counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    let took = started.elapsed().as_millis() as u64;
+                    counters.refill_ms.fetch_add(took, Ordering::Relaxed);
+                    counters.refills.fetch_add(1, Ordering::Relaxed);
+                    counters.policy().record_refill(took);
+                    idle_since = Instant::now();
+                }
+                Err(e) => {
+                    counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    eprintln!("warren: pool {}: {e}", spec.template);
+                    // Do not spin on a broken template; the next pass retries.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
             }
         }
+        counters.workers.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Removes a pool member that is still unclaimed; false if a tenant got
@@ -345,7 +500,7 @@ impl Orchestrator {
     }
 
     /// Creates one member and admits it only after a real command ran.
-    async fn warm_one(&self, spec: &PoolSpec, revision: String) -> Result<()> {
+    async fn warm_one(&self, spec: &PoolSpec, revision: String) -> Result<WorkspaceId> {
         let rec = self
             .create_cold(CreateRequest {
                 tenant: POOL_TENANT.into(),
@@ -365,6 +520,8 @@ impl Orchestrator {
             let _ = self.kill_any(&rec.id).await;
             return Err(Error::Unavailable(format!("pool member {} failed its readiness command", rec.id)));
         }
+        // Keep the connection for the claim's personalisation.
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.id.clone(), agent);
         self.store
             .update_workspace(
                 &rec.id,
@@ -376,7 +533,7 @@ impl Orchestrator {
                 }),
             )
             .await?;
-        Ok(())
+        Ok(rec.id)
     }
 
     pub async fn pool_status(&self) -> Result<Vec<PoolStatus>> {

@@ -494,3 +494,60 @@ async fn a_pool_member_not_proven_ready_is_never_handed_out() {
     orch.kill(None, &got.id).await.unwrap();
     orch.kill_any(&unready.id).await.unwrap();
 }
+
+/// Refill workers keep building while the pool is short (not a few per
+/// refill pass), one tenant's burst of claims is not serialised behind its
+/// own personalisations, and claims wake the workers: after one pass the
+/// pool fills, is emptied by a burst, and fills again with no further pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refill_workers_fill_past_the_pass_and_claims_wake_them() {
+    use std::collections::HashSet;
+    use warren_orchestrator::pool::PoolSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        pools: vec![PoolSpec { template: "base".into(), size: None, target: 10, min: None, max: None }],
+        ..Config::default()
+    };
+    let orch = Arc::new(Orchestrator::new(
+        provider(dir.path()),
+        Arc::new(MemoryStore::new()),
+        Arc::new(warren_core::SystemClock),
+        cfg,
+    ));
+    let wait_ready = |n: usize| {
+        let orch = orch.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let st = orch.pool_status().await.unwrap();
+                if st[0].ready >= n {
+                    return st;
+                }
+                assert!(std::time::Instant::now() < deadline, "pool did not fill without a refill pass: {st:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // One pass; more than REFILL_CONCURRENCY (4) members get built.
+    orch.refill_pools().await;
+    let st = wait_ready(10).await;
+    assert_eq!((st[0].ready, st[0].warming), (10, 0), "the workers stop at the target: {st:?}");
+    // One tenant, ten concurrent creates: all hits, all distinct.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let orch = orch.clone();
+        tasks.push(tokio::spawn(async move { orch.create(req("solo")).await.unwrap() }));
+    }
+    let mut ids = HashSet::new();
+    for t in tasks {
+        assert!(ids.insert(t.await.unwrap().id), "a workspace was handed out twice");
+    }
+    let st = orch.pool_status().await.unwrap();
+    assert_eq!((st[0].hits, st[0].misses), (10, 0), "{st:?}");
+    // No pass since: the claims woke the workers, which rebuild the pool.
+    let st = wait_ready(10).await;
+    assert_eq!(st[0].ready + st[0].warming, 10, "no overshoot: {st:?}");
+    for id in ids {
+        orch.kill(None, &id).await.unwrap();
+    }
+}
