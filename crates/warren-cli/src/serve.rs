@@ -431,7 +431,15 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
         );
     }
     Ok(match name {
-        "process" => Arc::new(warren_provider::fake::ProcessProvider::new(cfg.data_dir.join("process"), agent)),
+        "process" => {
+            // The test backend; WARREN_PROCESS_CREATE_DELAY_MS slows its
+            // creates so tests can kill a server mid-create.
+            let delay = std::env::var("WARREN_PROCESS_CREATE_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            Arc::new(
+                warren_provider::fake::ProcessProvider::new(cfg.data_dir.join("process"), agent)
+                    .with_create_delay(Duration::from_millis(delay)),
+            )
+        }
         "docker" => {
             let agent = std::fs::canonicalize(&agent).with_context(|| format!("agent {}", agent.display()))?;
             if is_dynamic_elf(&agent) {

@@ -170,6 +170,14 @@ pub struct Orchestrator {
     admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<std::collections::VecDeque<u64>>>>>,
 }
 
+/// What a create holds while it is admitted: the tenant's local admission
+/// lock (with its recent-creates window) and, across replicas, the quota
+/// lease in the store.
+struct Admission {
+    recent: tokio::sync::OwnedMutexGuard<std::collections::VecDeque<u64>>,
+    lease: Option<(String, String)>,
+}
+
 fn event(rec: &WorkspaceRecord, at_ms: u64, kind: EventKind) -> NewEvent {
     NewEvent {
         at_ms,
@@ -275,26 +283,68 @@ impl Orchestrator {
         };
         // A pool member that fails its personalisation is killed; try
         // another a bounded number of times, then create one cold.
+        // With a quota and replicas sharing the store, the check and the
+        // claim or insert also run under a per-tenant lease in the store,
+        // so racing replicas cannot overshoot it together.
+        let shared_quota = *self.quota(&req.tenant) != Quota::default() && !self.cfg.node.is_empty();
+        let holder = format!("{}/{}", self.cfg.node, random_token(8));
         let mut attempts = 0;
         loop {
             let mut recent = lock.clone().lock_owned().await;
-            self.check_quota(&req.tenant, &size, &mut recent).await?;
+            let lease = if shared_quota { Some(self.quota_lease(&req.tenant, &holder).await?) } else { None };
+            if let Err(e) = self.check_quota(&req.tenant, &size, &mut recent).await {
+                self.release(lease).await;
+                return Err(e);
+            }
             let now = self.clock.now_ms();
             if req.network.is_none() && attempts < 3 {
                 attempts += 1;
-                if let Some(taken) = self.take_member(&req, size).await? {
+                let taken = self.take_member(&req, size).await;
+                if let Ok(Some(taken)) = taken {
                     // The member is the tenant's now (it counts for the
                     // quota): let the tenant's next create in while this one
                     // is personalised.
                     recent.push_back(now);
                     drop(recent);
+                    self.release(lease).await;
                     match self.personalise(taken, &req.env).await {
                         Some(rec) => return Ok(rec),
                         None => continue,
                     }
                 }
+                if let Err(e) = taken {
+                    self.release(lease).await;
+                    return Err(e);
+                }
             }
-            return self.create_new(req, Some(recent)).await;
+            return self.create_new(req, Some(Admission { recent, lease })).await;
+        }
+    }
+
+    /// Takes the store lease arbitrating `tenant`'s quota across replicas,
+    /// waiting for another replica's create to finish its check.
+    async fn quota_lease(&self, tenant: &str, holder: &str) -> Result<(String, String)> {
+        let name = format!("quota:{tenant}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(1);
+        while !self.store.lease(&name, holder, Duration::from_secs(5)).await? {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Unavailable(format!(
+                    "tenant {tenant}: another replica held the quota check for 10 s; try again"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        Ok((name, holder.to_string()))
+    }
+
+    async fn release(&self, lease: Option<(String, String)>) {
+        if let Some((name, holder)) = lease {
+            if let Err(e) = self.store.release_lease(&name, &holder).await {
+                // It expires on its own within seconds.
+                eprintln!("warren: releasing {name}: {e}");
+            }
         }
     }
 
@@ -360,12 +410,8 @@ impl Orchestrator {
         self.create_new(req, None).await
     }
 
-    /// Makes a new workspace; `admission` is released once its record is stored.
-    async fn create_new(
-        &self,
-        req: CreateRequest,
-        admission: Option<tokio::sync::OwnedMutexGuard<std::collections::VecDeque<u64>>>,
-    ) -> Result<WorkspaceRecord> {
+    /// Validates a create and stores its record (state `creating`).
+    async fn insert_new(&self, req: &CreateRequest) -> Result<(WorkspaceRecord, Size, Duration)> {
         let size = req.size.unwrap_or(self.cfg.default_size);
         size.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let timeout = req.timeout.unwrap_or(self.cfg.default_timeout);
@@ -410,10 +456,23 @@ impl Orchestrator {
         self.store
             .insert_workspace(&rec, event(&rec, now, EventKind::Created { template: rec.template.clone() }))
             .await?;
-        if let Some(mut recent) = admission {
-            // Counted once admitted; released so the provider work runs in parallel.
-            recent.push_back(now);
+        Ok((rec, size, timeout))
+    }
+
+    /// Makes a new workspace; `admission` is released once its record is
+    /// stored (or the create refused).
+    async fn create_new(&self, req: CreateRequest, admission: Option<Admission>) -> Result<WorkspaceRecord> {
+        let stored = self.insert_new(&req).await;
+        if let Some(Admission { mut recent, lease }) = admission {
+            if stored.is_ok() {
+                // Counted once admitted.
+                recent.push_back(self.clock.now_ms());
+            }
+            // Released (also on a refusal) so the provider work runs in parallel.
+            drop(recent);
+            self.release(lease).await;
         }
+        let (rec, size, timeout) = stored?;
         let spec = CreateSpec {
             id: rec.id.clone(),
             template: rec.template.clone(),
@@ -468,10 +527,13 @@ impl Orchestrator {
     pub async fn get(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.store.get_workspace(id).await?;
         match rec {
+            // A workspace still being created is not the tenant's yet (the
+            // create has not answered): a replica dying mid-create leaves
+            // nothing half-made in sight.
             Some(r)
                 if r.state != State::Deleted
                     && r.tenant != pool::POOL_TENANT
-                    && tenant.is_none_or(|t| t == r.tenant) =>
+                    && tenant.is_none_or(|t| t == r.tenant && r.state != State::Creating) =>
             {
                 Ok(r)
             }
@@ -521,7 +583,9 @@ impl Orchestrator {
             .await?
             .into_iter()
             .filter(|r| {
-                r.state != State::Deleted && r.tenant != pool::POOL_TENANT && tenant.is_none_or(|t| t == r.tenant)
+                r.state != State::Deleted
+                    && r.tenant != pool::POOL_TENANT
+                    && tenant.is_none_or(|t| t == r.tenant && r.state != State::Creating)
             })
             .collect();
         all.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
@@ -815,6 +879,20 @@ impl Orchestrator {
         let mut marked = 0;
         for rec in self.store.list_workspaces().await? {
             if !dead.contains(&rec.node) || !matches!(rec.state, State::Creating | State::Running | State::Paused) {
+                continue;
+            }
+            if rec.state == State::Creating {
+                // Died mid-create: the tenant never got this workspace, so it
+                // goes away (the log keeps Created → Failed; no usage). What
+                // the backend may have started is removed by the replica's
+                // reconcile when it returns.
+                let msg = format!("its server replica {} died during the create", rec.node);
+                if self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await.is_ok()
+                    && self.transition(&rec.id, State::Deleted, |_| {}).await.is_ok()
+                {
+                    self.store.delete_workspace(&rec.id).await?;
+                    marked += 1;
+                }
                 continue;
             }
             let msg = format!("its server replica {} stopped answering", rec.node);

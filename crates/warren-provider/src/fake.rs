@@ -40,6 +40,7 @@ pub struct ProcessProvider {
     agent: PathBuf,
     children: Mutex<HashMap<WorkspaceId, tokio::process::Child>>,
     revision: Mutex<String>,
+    create_delay: Duration,
 }
 
 impl ProcessProvider {
@@ -50,7 +51,16 @@ impl ProcessProvider {
             agent: agent.into(),
             children: Mutex::default(),
             revision: Mutex::new("1".into()),
+            create_delay: Duration::ZERO,
         }
+    }
+
+    /// Makes every create take `d` longer, after the agent started (tests
+    /// of a server dying mid-create: the sandbox exists, the create has not
+    /// answered).
+    pub fn with_create_delay(mut self, d: Duration) -> Self {
+        self.create_delay = d;
+        self
     }
 
     /// Pretends the template changed (tests of pool draining).
@@ -191,6 +201,7 @@ impl SandboxProvider for ProcessProvider {
             }
             let _ = std::fs::remove_dir_all(&dir);
         })?;
+        tokio::time::sleep(self.create_delay).await;
         Ok(self.info(&spec.id, &meta))
     }
 

@@ -328,6 +328,13 @@ impl StateStore for RedisStore {
         Ok(got == 1)
     }
 
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let mut c = self.conn().await?;
+        let _: i64 =
+            self.timed(self.unlock.key(self.key(&format!("lease:{name}"))).arg(holder).invoke_async(&mut c)).await?;
+        Ok(())
+    }
+
     async fn put_node(&self, node: &NodeRecord) -> Result<()> {
         let mut c = self.conn().await?;
         let json = serde_json::to_string(node).map_err(|e| corrupt("node", e))?;

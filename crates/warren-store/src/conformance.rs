@@ -188,6 +188,10 @@ pub async fn run_shared<S: StateStore>(a: Arc<S>, b: Arc<S>) {
     assert!(!a.lease(&name, "node-a", ttl).await.unwrap(), "the old holder lost it");
     let other = format!("lease-{}", WorkspaceId::generate());
     assert!(a.lease(&other, "node-a", ttl).await.unwrap(), "leases are independent");
+    b.release_lease(&other, "node-b").await.unwrap();
+    assert!(!b.lease(&other, "node-b", ttl).await.unwrap(), "only the holder can release a lease");
+    a.release_lease(&other, "node-a").await.unwrap();
+    assert!(b.lease(&other, "node-b", ttl).await.unwrap(), "a released lease is free at once");
 
     let n = crate::NodeRecord {
         id: format!("n-{}", WorkspaceId::generate()),

@@ -168,6 +168,13 @@ pub trait StateStore: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// Gives up the named lease if `holder` still holds it (a no-op
+    /// otherwise), so the next holder need not wait for it to expire.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let _ = (name, holder);
+        Ok(())
+    }
+
     /// Records a replica's heartbeat (replaces the previous one).
     async fn put_node(&self, node: &NodeRecord) -> Result<()> {
         let _ = node;

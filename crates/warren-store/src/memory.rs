@@ -101,6 +101,14 @@ impl StateStore for MemoryStore {
         }
     }
 
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let mut g = self.lock();
+        if g.leases.get(name).is_some_and(|(h, _)| h == holder) {
+            g.leases.remove(name);
+        }
+        Ok(())
+    }
+
     async fn put_node(&self, node: &crate::NodeRecord) -> Result<()> {
         self.lock().nodes.insert(node.id.clone(), node.clone());
         Ok(())
