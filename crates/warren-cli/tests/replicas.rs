@@ -58,11 +58,8 @@ fn replica_with(root: &Path, name: &str, redis: &str, extra: &str, delay_ms: u64
     let data = root.join(name);
     std::fs::create_dir_all(&data).unwrap();
     let cfg = data.join("warren.toml");
-    std::fs::write(
-        &cfg,
-        format!("provider = \"process\"\nnode_id = \"{name}\"\nreplica_timeout = 3\n{extra}\n"),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!("provider = \"process\"\nnode_id = \"{name}\"\nreplica_timeout = 3\n{extra}\n"))
+        .unwrap();
     let port = free_port();
     let mut child = Command::new(bin())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
@@ -217,31 +214,38 @@ fn kill_9_during_load_loses_nothing_and_quotas_hold_across_replicas() {
     let redis_dir = root.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
     let (_redis, url) = redis(&redis_dir);
-    let quota = "[tenant_quotas.capped]\nmax_workspaces = 3";
+    let quota = "[tenant_quotas.capped]\nmax_workspaces = 1";
     let mut a = replica_with(root.path(), "node-a", &url, quota, 300);
     let b = Arc::new(replica_with(root.path(), "node-b", &url, quota, 300));
     let c = Arc::new(replica_with(root.path(), "node-c", &url, quota, 300));
 
-    // Nine creates at once for a tenant allowed three, over three replicas.
+    // Nine creates at the same instant for a tenant allowed one, over three
+    // replicas: exactly one gets through.
     let capped = ok(&cli(&b, &["keys", "create", "--tenant", "capped"]));
-    let results: Vec<Output> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..9)
-            .map(|i| {
-                let r: &Replica = [&a, &*b, &*c][i % 3];
-                let key = capped.clone();
-                s.spawn(move || cli_as(r, &key, &["create"]))
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    let urls3 = [a.url.clone(), b.url.clone(), c.url.clone()];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let results: Vec<(u16, String)> = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let reqs = (0..9).map(|i| {
+            let req = http
+                .post(format!("{}/v1/workspaces", urls3[i % 3]))
+                .bearer_auth(&capped)
+                .json(&serde_json::json!({"template": "base"}));
+            async move {
+                let r = req.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        });
+        futures_util::future::join_all(reqs).await
     });
     let made: Vec<String> = results
         .iter()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|(st, _)| *st == 200 || *st == 201)
+        .map(|(_, body)| serde_json::from_str::<serde_json::Value>(body).unwrap()["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(made.len(), 3, "a quota of 3 over three racing replicas");
-    for o in results.iter().filter(|o| !o.status.success()) {
-        assert!(String::from_utf8_lossy(&o.stderr).contains("quota"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(made.len(), 1, "a quota of 1 over three racing replicas: {results:?}");
+    for (st, body) in results.iter().filter(|(st, _)| *st != 200 && *st != 201) {
+        assert!(*st == 429 && body.contains("quota"), "{st} {body}");
     }
     for id in &made {
         ok(&cli_as(&b, &capped, &["kill", id]));
@@ -262,7 +266,12 @@ fn kill_9_during_load_loses_nothing_and_quotas_hold_across_replicas() {
                     let (x, y) = (i % 3, (i + 1) % 3);
                     i += 1;
                     let run = |u: &str, args: &[&str]| {
-                        Command::new(bin()).args(args).env("WARREN_URL", u).env("WARREN_API_KEY", &key).output().unwrap()
+                        Command::new(bin())
+                            .args(args)
+                            .env("WARREN_URL", u)
+                            .env("WARREN_API_KEY", &key)
+                            .output()
+                            .unwrap()
                     };
                     let o = run(&urls[x], &["create"]);
                     if !o.status.success() {
