@@ -108,6 +108,10 @@ pub struct EcsSection {
     pub owner: String,
     /// Seconds a task may take to run and answer.
     pub start_timeout: u64,
+    /// Task execution role ARN (private images, logs).
+    pub execution_role_arn: Option<String>,
+    /// CloudWatch Logs group for workspace output (needs the execution role).
+    pub log_group: Option<String>,
 }
 
 impl Default for EcsSection {
@@ -124,6 +128,8 @@ impl Default for EcsSection {
             agent_image: None,
             owner: "warren".into(),
             start_timeout: 120,
+            execution_role_arn: None,
+            log_group: None,
         }
     }
 }
@@ -501,6 +507,8 @@ async fn ecs_backend(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
         owner: e.owner.clone(),
         wait_for_agent: true,
         start_timeout: Duration::from_secs(e.start_timeout),
+        execution_role_arn: e.execution_role_arn.clone(),
+        log_group: e.log_group.clone(),
     };
     Ok(Arc::new(warren_provider_ecs::EcsProvider::new(c).await.map_err(|e| anyhow::anyhow!("{e}"))?))
 }

@@ -28,8 +28,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, Compatibility, ContainerCondition,
-    ContainerDefinition, ContainerDependency, ContainerOverride, DesiredStatus, KeyValuePair, LaunchType, MountPoint,
-    NetworkConfiguration, NetworkMode as EcsNetworkMode, PortMapping, Tag, TaskOverride, Volume,
+    ContainerDefinition, ContainerDependency, ContainerOverride, DesiredStatus, KeyValuePair, LaunchType,
+    LogConfiguration, LogDriver, MountPoint, NetworkConfiguration, NetworkMode as EcsNetworkMode, PortMapping, Tag,
+    TaskOverride, Volume,
 };
 use warren_core::{Size, WorkspaceId};
 use warren_proto::endpoint::Endpoint;
@@ -74,6 +75,12 @@ pub struct EcsConfig {
     /// container really runs, as under moto).
     pub wait_for_agent: bool,
     pub start_timeout: Duration,
+    /// The task execution role (pulls from private registries such as ECR,
+    /// writes logs); warren needs `iam:PassRole` on it.
+    pub execution_role_arn: Option<String>,
+    /// A CloudWatch Logs group for the workspaces' output (awslogs driver,
+    /// stream prefix `warren`); needs the execution role.
+    pub log_group: Option<String>,
 }
 
 pub struct EcsProvider {
@@ -117,6 +124,11 @@ impl EcsProvider {
         if cfg.subnets.is_empty() || cfg.security_groups.is_empty() {
             return Err(ProviderError::InvalidSpec("ecs: subnets and security_groups are required (awsvpc)".into()));
         }
+        if cfg.log_group.is_some() && cfg.execution_role_arn.is_none() {
+            return Err(ProviderError::InvalidSpec(
+                "ecs: log_group needs execution_role_arn (the role that writes the logs)".into(),
+            ));
+        }
         let mut loader = aws_config::from_env().region(aws_config::Region::new(cfg.region.clone()));
         if let Some(ep) = &cfg.endpoint_url {
             loader = loader.endpoint_url(ep);
@@ -158,7 +170,20 @@ impl EcsProvider {
                 .collect();
         // Fargate sizes: cpu units (1024 = 1 vCPU) and MiB.
         let cpu = (size.millicpus as u64 * 1024).div_ceil(1000).max(256);
+        let logs = match &self.cfg.log_group {
+            Some(group) => Some(
+                LogConfiguration::builder()
+                    .log_driver(LogDriver::Awslogs)
+                    .options("awslogs-group", group)
+                    .options("awslogs-region", &self.cfg.region)
+                    .options("awslogs-stream-prefix", "warren")
+                    .build()
+                    .map_err(|e| ProviderError::Internal(e.to_string()))?,
+            ),
+            None => None,
+        };
         let agent = ContainerDefinition::builder()
+            .set_log_configuration(logs.clone())
             .name("warren-agent")
             .image(&self.cfg.agent_image)
             .essential(false)
@@ -169,6 +194,7 @@ impl EcsProvider {
             .mount_points(MountPoint::builder().source_volume("warren").container_path("/.warren").build())
             .build();
         let workspace = ContainerDefinition::builder()
+            .set_log_configuration(logs)
             .name("workspace")
             .image(image)
             .essential(true)
@@ -193,6 +219,7 @@ impl EcsProvider {
             .ecs
             .register_task_definition()
             .family(family)
+            .set_execution_role_arn(self.cfg.execution_role_arn.clone())
             .network_mode(EcsNetworkMode::Awsvpc)
             .requires_compatibilities(Compatibility::Ec2)
             .requires_compatibilities(Compatibility::Fargate)

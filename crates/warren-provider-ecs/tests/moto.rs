@@ -129,6 +129,8 @@ fn config(url: &str, owner: &str, net: &(String, String)) -> EcsConfig {
         owner: owner.into(),
         wait_for_agent: false,
         start_timeout: Duration::from_secs(20),
+        execution_role_arn: Some("arn:aws:iam::123456789012:role/warren-workspace-exec".into()),
+        log_group: Some("/warren/workspaces".into()),
     }
 }
 
@@ -184,6 +186,10 @@ async fn tasks_from_task_definitions_with_the_agent_injected() {
     let ws = &td.container_definitions()[1];
     assert_eq!(ws.entry_point(), ["/.warren/agent"]);
     assert_eq!(ws.depends_on()[0].container_name(), "warren-agent");
+    assert_eq!(td.execution_role_arn(), Some("arn:aws:iam::123456789012:role/warren-workspace-exec"));
+    let logs = ws.log_configuration().expect("awslogs on the workspace container");
+    assert_eq!(logs.log_driver().as_str(), "awslogs");
+    assert_eq!(logs.options().unwrap().get("awslogs-group").map(String::as_str), Some("/warren/workspaces"));
 
     // Listed, inspected, adopted by a fresh provider (after a restart).
     assert!(p.list().await.unwrap().iter().any(|s| s.id == spec.id && s.state == RunState::Running));
