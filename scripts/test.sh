@@ -66,6 +66,8 @@ cargo clippy -p warren-cli --features ecs --all-targets -- -D warnings
 step "tests"
 docker info --format "{{json .Runtimes}}" | grep -q runsc && export WARREN_REQUIRE_RUNSC=1
 cargo nextest run --workspace --no-fail-fast
+# warren serve with provider = "ecs" (the feature pulls the AWS SDK) against moto.
+cargo nextest run -p warren-cli --features ecs --test ecs_serve
 
 step "E2B SDKs (Python 2.63.0 and 2.20.0, JavaScript) against warren"
 scripts/test-e2b.sh "${CARGO_TARGET_DIR:-target}/debug/warren"

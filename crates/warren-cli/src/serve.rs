@@ -112,6 +112,9 @@ pub struct EcsSection {
     pub execution_role_arn: Option<String>,
     /// CloudWatch Logs group for workspace output (needs the execution role).
     pub log_group: Option<String>,
+    /// Wait for each task's agent to answer before a create returns (off
+    /// only against API doubles such as moto, which run no containers).
+    pub wait_for_agent: bool,
 }
 
 impl Default for EcsSection {
@@ -130,6 +133,7 @@ impl Default for EcsSection {
             start_timeout: 120,
             execution_role_arn: None,
             log_group: None,
+            wait_for_agent: true,
         }
     }
 }
@@ -505,7 +509,7 @@ async fn ecs_backend(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
         images: e.images.clone(),
         agent_image: e.agent_image.clone().context("[ecs] agent_image is required (an image with /warren-agent)")?,
         owner: e.owner.clone(),
-        wait_for_agent: true,
+        wait_for_agent: e.wait_for_agent,
         start_timeout: Duration::from_secs(e.start_timeout),
         execution_role_arn: e.execution_role_arn.clone(),
         log_group: e.log_group.clone(),
