@@ -57,7 +57,9 @@ fn tag(xml: &str, t: &str) -> String {
     xml[from..from + xml[from..].find('<').unwrap()].to_string()
 }
 
-fn moto() -> (Proc, String, String, String) {
+/// moto with a VPC, a subnet (`subnet_cidr`, inside 10.0.0.0/16) and a
+/// security group, and the cluster `ws`.
+fn moto(subnet_cidr: &str) -> (Proc, String, String, String) {
     let port = free_port();
     let bin = moto_server();
     let child = Command::new(&bin)
@@ -82,7 +84,7 @@ fn moto() -> (Proc, String, String, String) {
     let q = |params: &str| aws(&url, "ec2", None, format!("Version=2016-11-15&{params}"));
     let vpc = tag(&q("Action=CreateVpc&CidrBlock=10.0.0.0/16"), "vpcId");
     q(&format!("Action=ModifyVpcAttribute&VpcId={vpc}&EnableDnsHostnames.Value=true"));
-    let subnet = tag(&q(&format!("Action=CreateSubnet&VpcId={vpc}&CidrBlock=10.0.1.0/24")), "subnetId");
+    let subnet = tag(&q(&format!("Action=CreateSubnet&VpcId={vpc}&CidrBlock={subnet_cidr}")), "subnetId");
     let sg =
         tag(&q(&format!("Action=CreateSecurityGroup&GroupName=ws&GroupDescription=workspaces&VpcId={vpc}")), "groupId");
     ecs(&url, "CreateCluster", serde_json::json!({"clusterName": "ws"}));
@@ -136,7 +138,8 @@ fn tasks(url: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn serve_on_ecs_creates_adopts_notices_spot_stops_and_kills() {
-    let (_moto, moto_url, subnet, sg) = moto();
+    // A subnet of its own: the pool test below puts agents on 10.0.1.x.
+    let (_moto, moto_url, subnet, sg) = moto("10.0.2.0/24");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("warren.toml");
     std::fs::write(
@@ -218,4 +221,158 @@ base = "public.ecr.aws/docker/library/debian:12"
     assert_eq!(stopped[0].1, "stopped by warren");
     assert!(!ok(&cli(&url, &["ls"])).contains(&other));
     let _ = cli(&url, &["kill", &id]);
+}
+
+/// Stands in for the container runtime moto does not have: for every
+/// RUNNING task of the cluster it puts the task's private IP on the
+/// loopback interface and starts a real agent there with the task's environment (its
+/// tokens), as the workspace container would; a task that stops loses its
+/// agent and address. So warren's pool, readiness checks, personalisation
+/// and exec run for real against ECS tasks.
+struct FakeNode {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where task addresses go (moto's subnet, 10.0.1.0/24, is not routed here).
+const DEV: &str = "lo";
+
+impl FakeNode {
+    fn start(moto_url: &str) -> FakeNode {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (url, flag) = (moto_url.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut agents: std::collections::HashMap<String, (Child, String)> = Default::default();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let arns = ecs(&url, "ListTasks", serde_json::json!({"cluster": "ws"}))["taskArns"].clone();
+                let described = if arns.as_array().is_some_and(|a| !a.is_empty()) {
+                    ecs(&url, "DescribeTasks", serde_json::json!({"cluster": "ws", "tasks": arns}))["tasks"].clone()
+                } else {
+                    serde_json::json!([])
+                };
+                for t in described.as_array().unwrap() {
+                    let arn = t["taskArn"].as_str().unwrap().to_string();
+                    let running = t["lastStatus"] == "RUNNING" && t["desiredStatus"] == "RUNNING";
+                    if running && !agents.contains_key(&arn) {
+                        let ip = t["attachments"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|a| a["details"].as_array().cloned().unwrap_or_default())
+                            .find(|d| d["name"] == "privateIPv4Address")
+                            .and_then(|d| d["value"].as_str().map(str::to_string))
+                            .expect("task IP");
+                        let env: Vec<(String, String)> = t["overrides"]["containerOverrides"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|c| c["name"] == "workspace")
+                            .flat_map(|c| c["environment"].as_array().cloned().unwrap_or_default())
+                            .map(|kv| {
+                                (kv["name"].as_str().unwrap().to_string(), kv["value"].as_str().unwrap().to_string())
+                            })
+                            .collect();
+                        let added = Command::new("ip").args(["addr", "add", &format!("{ip}/32"), "dev", DEV]).status();
+                        assert!(added.is_ok_and(|s| s.success()), "adding {ip} to {DEV} (run as root)");
+                        let child = Command::new(warren_provider::conformance::agent_binary())
+                            .args(["--listen", &format!("tcp://{ip}:49983"), "--user", "root"])
+                            .envs(env)
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .unwrap();
+                        agents.insert(arn, (child, ip));
+                    } else if !running {
+                        if let Some((mut child, ip)) = agents.remove(&arn) {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            let _ = Command::new("ip").args(["addr", "del", &format!("{ip}/32"), "dev", DEV]).status();
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for (_, (mut child, ip)) in agents {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = Command::new("ip").args(["addr", "del", &format!("{ip}/32"), "dev", DEV]).status();
+            }
+        });
+        FakeNode { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A warm pool on ECS: members are tasks whose agent answered and ran a
+/// command; a create takes one (personalised with the caller's environment
+/// and a fresh token), exec reaches it at the task's address, and the pool
+/// refills with new tasks.
+#[test]
+fn warm_pool_on_ecs_with_real_agents_in_the_tasks() {
+    let (_moto, moto_url, subnet, sg) = moto("10.0.1.0/24");
+    let _node = FakeNode::start(&moto_url);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("warren.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"provider = "ecs"
+[[pools]]
+template = "base"
+target = 2
+[ecs]
+cluster = "ws"
+region = "us-east-1"
+endpoint_url = "{moto_url}"
+subnets = ["{subnet}"]
+security_groups = ["{sg}"]
+launch_type = "FARGATE"
+agent_image = "warren/agent:0.1"
+owner = "e2e"
+start_timeout = 30
+[ecs.images]
+base = "public.ecr.aws/docker/library/debian:12"
+"#
+        ),
+    )
+    .unwrap();
+    let (_server, url) = serve(&dir.path().join("data"), &cfg);
+    let pool = |url: &str| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&ok(&cli(url, &["--json", "pools"]))).unwrap();
+        v[0].clone()
+    };
+    let wait_ready = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = pool(&url);
+            if p["ready"].as_u64() == Some(n) {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "the ECS pool did not reach {n} ready: {p}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_ready(2);
+    assert_eq!(tasks(&moto_url).len(), 2, "two pre-started tasks");
+
+    let id = ok(&cli(&url, &["create", "-e", "WHO=ecs-tenant"]));
+    let p = pool(&url);
+    assert_eq!((p["hits"].as_u64(), p["misses"].as_u64()), (Some(1), Some(0)), "{p}");
+    assert_eq!(ok(&cli(&url, &["exec", &id, "echo $WHO"])), "ecs-tenant", "personalised through /init");
+    let v = info(&url, &id);
+    assert_eq!(v["provider"], "ecs");
+    // The pool builds a new task to replace the one taken.
+    wait_ready(2);
+    assert_eq!(tasks(&moto_url).len(), 3);
+    ok(&cli(&url, &["kill", &id]));
+    let left: Vec<_> = tasks(&moto_url).into_iter().filter(|t| t["desiredStatus"] == "RUNNING").collect();
+    assert_eq!(left.len(), 2, "only the pool's tasks run after the kill");
 }
