@@ -115,6 +115,9 @@ pub struct EcsSection {
     /// Wait for each task's agent to answer before a create returns (off
     /// only against API doubles such as moto, which run no containers).
     pub wait_for_agent: bool,
+    /// `awsvpc` (one ENI per task, default) or `bridge` (EC2 only: the
+    /// agent on a dynamic host port of the instance).
+    pub network_mode: String,
 }
 
 impl Default for EcsSection {
@@ -134,6 +137,7 @@ impl Default for EcsSection {
             execution_role_arn: None,
             log_group: None,
             wait_for_agent: true,
+            network_mode: "awsvpc".into(),
         }
     }
 }
@@ -513,6 +517,11 @@ async fn ecs_backend(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
         start_timeout: Duration::from_secs(e.start_timeout),
         execution_role_arn: e.execution_role_arn.clone(),
         log_group: e.log_group.clone(),
+        network: match e.network_mode.as_str() {
+            "awsvpc" => warren_provider_ecs::TaskNetwork::Awsvpc,
+            "bridge" => warren_provider_ecs::TaskNetwork::Bridge,
+            other => bail!("[ecs] network_mode = {other:?}: expected \"awsvpc\" or \"bridge\""),
+        },
     };
     Ok(Arc::new(warren_provider_ecs::EcsProvider::new(c).await.map_err(|e| anyhow::anyhow!("{e}"))?))
 }

@@ -12,8 +12,12 @@
 //!   per revision and remembered.
 //! - **Launch**: RunTask with a capacity-provider strategy (EC2 Auto Scaling
 //!   on-demand + Spot for interactive work, FARGATE/FARGATE_SPOT for batch)
-//!   or a launch type; `awsvpc` networking with the configured subnets and
-//!   security groups. `startedBy` and tags mark warren's tasks.
+//!   or a launch type. Networking: `awsvpc` (one ENI per task, the agent at
+//!   the task's private IP; the default) or `bridge` on EC2 (density beyond
+//!   the per-instance ENI limit: the agent's port is mapped to a dynamic host
+//!   port, reached at the container instance's private IP, which one signed
+//!   EC2 DescribeInstances call gives and a cache keeps). `startedBy` and
+//!   tags mark warren's tasks.
 //! - **Lifecycle**: StopTask on destroy; ListTasks(startedBy)+DescribeTasks
 //!   for list/reconcile; a task ECS stopped on its own (Spot interruption,
 //!   host failure, OOM) is reported exited with ECS's reason.
@@ -47,6 +51,15 @@ const T_SIZE: &str = "warren.size";
 const STOP_REASON: &str = "stopped by warren";
 
 /// How tasks are placed.
+/// How tasks are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskNetwork {
+    /// One ENI per task (strongest isolation; Fargate and EC2).
+    Awsvpc,
+    /// Docker's bridge on the EC2 host, the agent on a dynamic host port.
+    Bridge,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launch {
     /// `EC2` or `FARGATE`.
@@ -81,6 +94,7 @@ pub struct EcsConfig {
     /// A CloudWatch Logs group for the workspaces' output (awslogs driver,
     /// stream prefix `warren`); needs the execution role.
     pub log_group: Option<String>,
+    pub network: TaskNetwork,
 }
 
 pub struct EcsProvider {
@@ -90,6 +104,10 @@ pub struct EcsProvider {
     task_defs: tokio::sync::Mutex<HashMap<(String, Size), String>>,
     /// workspace → task ARN.
     tasks: Mutex<HashMap<WorkspaceId, String>>,
+    /// Bridge mode: container instance ARN → its private IP.
+    hosts: Mutex<HashMap<String, String>>,
+    shared: aws_config::SdkConfig,
+    http: reqwest::Client,
 }
 
 fn classify<E>(what: &str, e: aws_sdk_ecs::error::SdkError<E>) -> ProviderError
@@ -119,10 +137,48 @@ where
     }
 }
 
+/// The host port ECS bound to the agent's port in bridge mode.
+fn bridge_port(t: &aws_sdk_ecs::types::Task) -> Option<i32> {
+    t.containers()
+        .iter()
+        .filter(|c| c.name() == Some("workspace"))
+        .flat_map(|c| c.network_bindings())
+        .find(|b| b.container_port() == Some(AGENT_PORT as i32))
+        .and_then(|b| b.host_port())
+        .filter(|p| *p > 0)
+}
+
+/// The text of the first `<tag>` in `xml`.
+fn xml_tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let from = xml.find(&open)? + open.len();
+    Some(&xml[from..from + xml[from..].find('<')?])
+}
+
+/// (instance id, private IP) pairs from a DescribeInstances reply: each
+/// `instanceId` with the first `privateIpAddress` after it (the primary one;
+/// network interfaces repeat it further down).
+fn instance_ips(xml: &str) -> Vec<(String, String)> {
+    let parts: Vec<&str> = xml.split("<instanceId>").skip(1).collect();
+    parts
+        .iter()
+        .filter_map(|part| {
+            let id = &part[..part.find('<')?];
+            let ip = xml_tag(part, "privateIpAddress")?;
+            id.starts_with("i-").then(|| (id.to_string(), ip.to_string()))
+        })
+        .collect()
+}
+
 impl EcsProvider {
     pub async fn new(cfg: EcsConfig) -> Result<Self> {
-        if cfg.subnets.is_empty() || cfg.security_groups.is_empty() {
+        if cfg.network == TaskNetwork::Awsvpc && (cfg.subnets.is_empty() || cfg.security_groups.is_empty()) {
             return Err(ProviderError::InvalidSpec("ecs: subnets and security_groups are required (awsvpc)".into()));
+        }
+        if cfg.network == TaskNetwork::Bridge
+            && matches!(&cfg.launch, Launch::LaunchType(t) if t.starts_with("FARGATE"))
+        {
+            return Err(ProviderError::InvalidSpec("ecs: bridge networking needs EC2 (Fargate is awsvpc only)".into()));
         }
         if cfg.log_group.is_some() && cfg.execution_role_arn.is_none() {
             return Err(ProviderError::InvalidSpec(
@@ -134,11 +190,18 @@ impl EcsProvider {
             loader = loader.endpoint_url(ep);
         }
         let shared = loader.load().await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ProviderError::Internal(format!("http client: {e}")))?;
         Ok(EcsProvider {
             ecs: aws_sdk_ecs::Client::new(&shared),
             cfg,
             task_defs: Default::default(),
             tasks: Default::default(),
+            hosts: Default::default(),
+            shared,
+            http,
         })
     }
 
@@ -163,11 +226,17 @@ impl EcsProvider {
             return Ok(arn.clone());
         }
         let image = self.image(template)?.clone();
-        let family: String =
-            format!("warren-{}-{}m{}c", template.replace(['/', ':', '.'], "-"), size.memory_mib, size.millicpus)
-                .chars()
-                .take(255)
-                .collect();
+        let bridge = self.cfg.network == TaskNetwork::Bridge;
+        let family: String = format!(
+            "warren-{}-{}m{}c{}",
+            template.replace(['/', ':', '.'], "-"),
+            size.memory_mib,
+            size.millicpus,
+            if bridge { "-bridge" } else { "" }
+        )
+        .chars()
+        .take(255)
+        .collect();
         // Fargate sizes: cpu units (1024 = 1 vCPU) and MiB.
         let cpu = (size.millicpus as u64 * 1024).div_ceil(1000).max(256);
         let logs = match &self.cfg.log_group {
@@ -203,7 +272,10 @@ impl EcsProvider {
             .entry_point("/.warren/agent")
             .command("--listen")
             .command(format!("tcp://0.0.0.0:{AGENT_PORT}"))
-            .port_mappings(PortMapping::builder().container_port(AGENT_PORT as i32).build())
+            // Bridge: a dynamic host port (0), found in the task's bindings.
+            .port_mappings(
+                PortMapping::builder().container_port(AGENT_PORT as i32).set_host_port(bridge.then_some(0)).build(),
+            )
             .mount_points(
                 MountPoint::builder().source_volume("warren").container_path("/.warren").read_only(true).build(),
             )
@@ -220,9 +292,12 @@ impl EcsProvider {
             .register_task_definition()
             .family(family)
             .set_execution_role_arn(self.cfg.execution_role_arn.clone())
-            .network_mode(EcsNetworkMode::Awsvpc)
-            .requires_compatibilities(Compatibility::Ec2)
-            .requires_compatibilities(Compatibility::Fargate)
+            .network_mode(if bridge { EcsNetworkMode::Bridge } else { EcsNetworkMode::Awsvpc })
+            .set_requires_compatibilities(Some(if bridge {
+                vec![Compatibility::Ec2]
+            } else {
+                vec![Compatibility::Ec2, Compatibility::Fargate]
+            }))
             .cpu(cpu.to_string())
             .memory(size.memory_mib.to_string())
             .volumes(Volume::builder().name("warren").build())
@@ -247,14 +322,26 @@ impl EcsProvider {
             return None;
         }
         let id: WorkspaceId = tags.get(T_ID)?.parse().ok()?;
-        let ip = t
-            .attachments()
-            .iter()
-            .flat_map(|a| a.details())
-            .find(|d| d.name() == Some("privateIPv4Address"))
-            .and_then(|d| d.value())
-            .unwrap_or("0.0.0.0");
-        let endpoint: Endpoint = format!("tcp://{ip}:{AGENT_PORT}").parse().ok()?;
+        let endpoint: Endpoint = match self.cfg.network {
+            TaskNetwork::Awsvpc => {
+                let ip = t
+                    .attachments()
+                    .iter()
+                    .flat_map(|a| a.details())
+                    .find(|d| d.name() == Some("privateIPv4Address"))
+                    .and_then(|d| d.value())
+                    .unwrap_or("0.0.0.0");
+                format!("tcp://{ip}:{AGENT_PORT}")
+            }
+            TaskNetwork::Bridge => {
+                let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+                let ip = t.container_instance_arn().and_then(|a| hosts.get(a)).map_or("0.0.0.0", String::as_str);
+                // Port 0 until ECS reports the binding (the task is not running yet).
+                format!("tcp://{ip}:{}", bridge_port(t).unwrap_or(0))
+            }
+        }
+        .parse()
+        .ok()?;
         let status = t.last_status().unwrap_or_default();
         let stopped = matches!(status, "STOPPED" | "STOPPING" | "DEPROVISIONING" | "DEACTIVATING")
             || t.desired_status() == Some("STOPPED");
@@ -301,7 +388,120 @@ impl EcsProvider {
                 .map_err(|e| classify("describe tasks", e))?;
             out.extend(r.tasks().iter().cloned());
         }
+        if self.cfg.network == TaskNetwork::Bridge {
+            self.resolve_hosts(&out).await?;
+        }
         Ok(out)
+    }
+
+    /// Bridge mode: learns the private IP of every container instance the
+    /// tasks run on (ECS → EC2 instance id → EC2's private address).
+    async fn resolve_hosts(&self, tasks: &[aws_sdk_ecs::types::Task]) -> Result<()> {
+        let missing: Vec<String> = {
+            let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m: Vec<String> = tasks
+                .iter()
+                .filter_map(|t| t.container_instance_arn())
+                .filter(|a| !hosts.contains_key(*a))
+                .map(str::to_string)
+                .collect();
+            m.sort();
+            m.dedup();
+            m
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let r = self
+            .ecs
+            .describe_container_instances()
+            .cluster(&self.cfg.cluster)
+            .set_container_instances(Some(missing))
+            .send()
+            .await
+            .map_err(|e| classify("describe container instances", e))?;
+        let by_instance: HashMap<String, String> = r
+            .container_instances()
+            .iter()
+            .filter_map(|c| Some((c.ec2_instance_id()?.to_string(), c.container_instance_arn()?.to_string())))
+            .collect();
+        if by_instance.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = by_instance.keys().map(String::as_str).collect();
+        let ips = self.ec2_private_ips(&ids).await?;
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        for (instance, ip) in ips {
+            if let Some(arn) = by_instance.get(&instance) {
+                hosts.insert(arn.clone(), ip);
+            }
+        }
+        Ok(())
+    }
+
+    /// EC2 DescribeInstances (query API, SigV4-signed): instance id → private IP.
+    async fn ec2_private_ips(&self, ids: &[&str]) -> Result<Vec<(String, String)>> {
+        use aws_credential_types::provider::ProvideCredentials as _;
+        let url = match &self.cfg.endpoint_url {
+            Some(e) => format!("{}/", e.trim_end_matches('/')),
+            None => format!("https://ec2.{}.amazonaws.com/", self.cfg.region),
+        };
+        let mut body = String::from("Action=DescribeInstances&Version=2016-11-15");
+        for (i, id) in ids.iter().enumerate() {
+            body.push_str(&format!("&InstanceId.{}={id}", i + 1));
+        }
+        let creds = self
+            .shared
+            .credentials_provider()
+            .ok_or_else(|| ProviderError::Unavailable("ec2: no AWS credentials configured".into()))?
+            .provide_credentials()
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("ec2: credentials: {e}")))?;
+        let identity: aws_smithy_runtime_api::client::identity::Identity = creds.into();
+        let signing = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.cfg.region)
+            .name("ec2")
+            .time(std::time::SystemTime::now())
+            .settings(aws_sigv4::http_request::SigningSettings::default())
+            .build()
+            .map_err(|e| ProviderError::Internal(format!("ec2: signing: {e}")))?
+            .into();
+        const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
+        let signable = aws_sigv4::http_request::SignableRequest::new(
+            "POST",
+            &url,
+            [("content-type", FORM)].into_iter(),
+            aws_sigv4::http_request::SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| ProviderError::Internal(format!("ec2: signing: {e}")))?;
+        let (instructions, _) = aws_sigv4::http_request::sign(signable, &signing)
+            .map_err(|e| ProviderError::Internal(format!("ec2: signing: {e}")))?
+            .into_parts();
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(&url)
+            .header("content-type", FORM)
+            .body(body.clone())
+            .map_err(|e| ProviderError::Internal(e.to_string()))?;
+        instructions.apply_to_request_http1x(&mut req);
+        let mut call = self.http.post(&url).body(body);
+        for (k, v) in req.headers() {
+            call = call.header(k.as_str(), v.as_bytes());
+        }
+        let resp = call.send().await.map_err(|e| ProviderError::Unavailable(format!("ec2: {e}")))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| ProviderError::Unavailable(format!("ec2: {e}")))?;
+        if !status.is_success() {
+            let code = xml_tag(&text, "Code").unwrap_or("unknown");
+            let m = format!("ec2 DescribeInstances: {code}: {}", xml_tag(&text, "Message").unwrap_or_default());
+            return Err(if code.contains("UnauthorizedOperation") || code.contains("AuthFailure") {
+                ProviderError::Unavailable(format!("{m} (check the IAM permissions in docs/ecs.md)"))
+            } else {
+                ProviderError::Unavailable(m)
+            });
+        }
+        Ok(instance_ips(&text))
     }
 
     /// Task ARNs started by this installation, running and recently stopped.
@@ -412,7 +612,10 @@ impl SandboxProvider for EcsProvider {
             .task_definition(task_def)
             .count(1)
             .started_by(self.started_by())
-            .network_configuration(NetworkConfiguration::builder().awsvpc_configuration(vpc).build())
+            .set_network_configuration(
+                (self.cfg.network == TaskNetwork::Awsvpc)
+                    .then(|| NetworkConfiguration::builder().awsvpc_configuration(vpc).build()),
+            )
             .overrides(
                 TaskOverride::builder()
                     .container_overrides(
@@ -543,5 +746,44 @@ impl SandboxProvider for EcsProvider {
 
     async fn stats(&self, id: &WorkspaceId) -> Result<Stats> {
         Err(ProviderError::Unsupported(format!("stats of {id}: ECS exposes them only inside the task")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ecs::types::{Container, NetworkBinding, Task};
+
+    #[test]
+    fn bridge_port_is_the_agents_host_binding() {
+        let binding = |c: i32, h: i32| NetworkBinding::builder().container_port(c).host_port(h).build();
+        let t = Task::builder()
+            .containers(Container::builder().name("warren-agent").build())
+            .containers(
+                Container::builder()
+                    .name("workspace")
+                    .network_bindings(binding(8080, 32000))
+                    .network_bindings(binding(AGENT_PORT as i32, 32768))
+                    .build(),
+            )
+            .build();
+        assert_eq!(bridge_port(&t), Some(32768));
+        let pending = Task::builder().containers(Container::builder().name("workspace").build()).build();
+        assert_eq!(bridge_port(&pending), None, "no binding before the task runs");
+    }
+
+    #[test]
+    fn private_ips_from_describe_instances() {
+        let xml = "<DescribeInstancesResponse><reservationSet><item><instancesSet>\
+            <item><instanceId>i-0a</instanceId><productCodes><item><x/></item></productCodes>\
+            <privateIpAddress>10.0.1.7</privateIpAddress><networkInterfaceSet><item>\
+            <privateIpAddress>10.0.1.7</privateIpAddress></item></networkInterfaceSet></item>\
+            <item><instanceId>i-0b</instanceId><privateIpAddress>10.0.2.9</privateIpAddress></item>\
+            </instancesSet></item></reservationSet></DescribeInstancesResponse>";
+        assert_eq!(
+            instance_ips(xml),
+            vec![("i-0a".to_string(), "10.0.1.7".to_string()), ("i-0b".to_string(), "10.0.2.9".to_string())]
+        );
+        assert!(instance_ips("<Response><Errors/></Response>").is_empty());
     }
 }

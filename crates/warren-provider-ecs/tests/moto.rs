@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warren_provider::{ProviderError, RunState, SandboxProvider};
-use warren_provider_ecs::{EcsConfig, EcsProvider, Launch};
+use warren_provider_ecs::{EcsConfig, EcsProvider, Launch, TaskNetwork};
 
 struct Moto(Child);
 
@@ -131,6 +131,7 @@ fn config(url: &str, owner: &str, net: &(String, String)) -> EcsConfig {
         start_timeout: Duration::from_secs(20),
         execution_role_arn: Some("arn:aws:iam::123456789012:role/warren-workspace-exec".into()),
         log_group: Some("/warren/workspaces".into()),
+        network: TaskNetwork::Awsvpc,
     }
 }
 
@@ -245,4 +246,98 @@ async fn tasks_ecs_stops_on_its_own_report_why_and_fail_in_the_orchestrator() {
     let failed = orch.get(None, &rec.id).await.unwrap();
     assert_eq!(failed.state, warren_core::State::Failed);
     assert!(failed.error.as_deref().unwrap_or("").contains("Spot Instance interruption"), "{failed:?}");
+}
+
+/// Bridge networking on EC2: the task definition maps the agent's port to a
+/// dynamic host port, RunTask has no awsvpc configuration, the task lands on
+/// a registered container instance, and the endpoint's host is that
+/// instance's private IP from EC2 (a signed DescribeInstances). moto reports
+/// no port bindings, so the port stays 0 here (a unit test covers bindings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_mode_on_ec2_reaches_the_agent_at_the_hosts_address() {
+    let (_moto, url) = start_moto().await;
+    let net = network(&url).await;
+    let ecs = ecs_client(&url).await;
+    ecs.create_cluster().cluster_name("ws").send().await.unwrap();
+    // One EC2 instance registered as a container instance of the cluster.
+    let http = reqwest::Client::new();
+    let ec2 = |form: Vec<(&'static str, String)>| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut form = form;
+            form.push(("Version", "2016-11-15".into()));
+            http.post(&url)
+                .header("Authorization", "AWS4-HMAC-SHA256 Credential=test/20261129/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x")
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let tag = |xml: &str, t: &str| {
+        let open = format!("<{t}>");
+        let from = xml.find(&open).unwrap_or_else(|| panic!("no {t} in {xml}")) + open.len();
+        xml[from..from + xml[from..].find('<').unwrap()].to_string()
+    };
+    let ami = tag(&ec2(vec![("Action", "DescribeImages".into())]).await, "imageId");
+    let run = ec2(vec![
+        ("Action", "RunInstances".into()),
+        ("ImageId", ami),
+        ("MinCount", "1".into()),
+        ("MaxCount", "1".into()),
+        ("InstanceType", "c6i.xlarge".into()),
+        ("SubnetId", net.0.clone()),
+    ])
+    .await;
+    let (instance, host_ip) = (tag(&run, "instanceId"), tag(&run, "privateIpAddress"));
+    let resource = |name: &str, v: i32| {
+        aws_sdk_ecs::types::Resource::builder().name(name).r#type("INTEGER").integer_value(v).build()
+    };
+    ecs.register_container_instance()
+        .cluster("ws")
+        .instance_identity_document(serde_json::json!({"instanceId": instance, "region": "us-east-1"}).to_string())
+        .total_resources(resource("CPU", 4096))
+        .total_resources(resource("MEMORY", 8192))
+        .send()
+        .await
+        .unwrap();
+
+    // Fargate cannot do bridge: refused up front.
+    let mut bad = config(&url, "br", &net);
+    bad.network = TaskNetwork::Bridge;
+    assert!(matches!(EcsProvider::new(bad).await, Err(ProviderError::InvalidSpec(m)) if m.contains("bridge")));
+
+    let mut cfg = config(&url, "br", &net);
+    cfg.network = TaskNetwork::Bridge;
+    cfg.launch = Launch::LaunchType("EC2".into());
+    cfg.subnets.clear();
+    cfg.security_groups.clear();
+    let p = EcsProvider::new(cfg).await.unwrap();
+    let spec = warren_provider::conformance::spec("base");
+    let info = p.create(&spec).await.unwrap();
+    assert_eq!(info.endpoint.to_string(), format!("tcp://{host_ip}:0"), "the host's address, from EC2");
+
+    let arns = ecs.list_tasks().cluster("ws").started_by("warren-br").send().await.unwrap().task_arns().to_vec();
+    let t = ecs.describe_tasks().cluster("ws").set_tasks(Some(arns)).send().await.unwrap().tasks()[0].clone();
+    assert!(t.container_instance_arn().is_some(), "placed on the container instance");
+    assert!(t.attachments().is_empty(), "no ENI in bridge mode");
+    let td = ecs.describe_task_definition().task_definition(t.task_definition_arn().unwrap()).send().await.unwrap();
+    let td = td.task_definition().unwrap();
+    assert_eq!(td.network_mode().map(|m| m.as_str()), Some("bridge"));
+    let compat: Vec<&str> = td.requires_compatibilities().iter().map(|c| c.as_str()).collect();
+    assert_eq!(compat, ["EC2"]);
+    assert!(td.family().unwrap().ends_with("-bridge"), "its own family: {:?}", td.family());
+    let pm = &td.container_definitions()[1].port_mappings()[0];
+    assert_eq!((pm.container_port(), pm.host_port()), (Some(49983), Some(0)), "a dynamic host port");
+    // A fresh provider (after a restart) finds the same address.
+    let mut again = config(&url, "br", &net);
+    again.network = TaskNetwork::Bridge;
+    again.launch = Launch::LaunchType("EC2".into());
+    let again = EcsProvider::new(again).await.unwrap();
+    assert_eq!(again.inspect(&spec.id).await.unwrap().endpoint, info.endpoint);
+    p.destroy(&spec.id).await.unwrap();
+    assert!(p.list().await.unwrap().is_empty());
 }
