@@ -605,6 +605,9 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str) -> Result<()> {
         }
         rows.push(s);
         reaper.abort();
+        // No refill may outlive this variant (it would compete with the next
+        // one and leave workspaces behind).
+        orch.stop_pools().await;
         for r in store.list_workspaces().await.map_err(|e| anyhow::anyhow!("{e}"))? {
             let _ = orch.kill_any(&r.id).await;
         }

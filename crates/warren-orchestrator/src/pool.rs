@@ -158,11 +158,16 @@ impl Counters {
 
 pub struct Pools {
     specs: Vec<(PoolSpec, Arc<Counters>)>,
+    /// Set by [`Orchestrator::stop_pools`]: no more refills.
+    stopped: AtomicBool,
 }
 
 impl Pools {
     pub fn new(specs: &[PoolSpec]) -> Self {
-        Pools { specs: specs.iter().map(|s| (s.clone(), Arc::new(Counters::new(s)))).collect() }
+        Pools {
+            specs: specs.iter().map(|s| (s.clone(), Arc::new(Counters::new(s)))).collect(),
+            stopped: AtomicBool::new(false),
+        }
     }
 }
 
@@ -413,9 +418,27 @@ impl Orchestrator {
         target.saturating_sub(counters.ready().len() + counters.in_flight.load(Ordering::Relaxed))
     }
 
+    /// Stops refilling: no new members are started, and this returns once
+    /// the builds in flight have finished (their members stay pool
+    /// members, for the caller to keep or remove). For orderly shutdowns and
+    /// benchmarks that tear an orchestrator down.
+    pub async fn stop_pools(&self) {
+        self.pools.stopped.store(true, Ordering::Release);
+        for (_, c) in &self.pools.specs {
+            c.kick.notify_waiters();
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.pools.specs.iter().any(|(_, c)| c.workers.load(Ordering::Acquire) > 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts refill workers up to the deficit (at most
     /// [`REFILL_CONCURRENCY`] per pool).
     fn ensure_workers(self: &Arc<Self>, i: usize) {
+        if self.pools.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let counters = &self.pools.specs[i].1;
         let want = self.deficit(i).min(REFILL_CONCURRENCY);
         while counters.workers.load(Ordering::Acquire) < want {
@@ -432,6 +455,9 @@ impl Orchestrator {
         let (spec, counters) = &self.pools.specs[i];
         let mut idle_since = Instant::now();
         loop {
+            if self.pools.stopped.load(Ordering::Acquire) {
+                break;
+            }
             let mut held = Duration::ZERO;
             while counters.since_last_claim().is_some_and(|d| d < BURST_QUIET) && held < MAX_HOLD {
                 tokio::time::sleep(BURST_QUIET).await;
