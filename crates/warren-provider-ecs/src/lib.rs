@@ -148,6 +148,19 @@ fn bridge_port(t: &aws_sdk_ecs::types::Task) -> Option<i32> {
         .filter(|p| *p > 0)
 }
 
+/// Why a task that stopped before running failed the create: an image
+/// that cannot be pulled or run is the caller's to fix (invalid spec), the
+/// rest is the platform's (unavailable), with ECS's reason either way.
+fn stopped_before_running(id: &WorkspaceId, why: &str) -> ProviderError {
+    let m = format!("task of {id} stopped before running: {why}");
+    const IMAGE: [&str; 3] = ["CannotPullContainerError", "CannotCreateContainerError", "InvalidImage"];
+    if IMAGE.iter().any(|k| why.contains(k)) {
+        ProviderError::InvalidSpec(format!("{m} (check the template's image)"))
+    } else {
+        ProviderError::Unavailable(m)
+    }
+}
+
 /// The text of the first `<tag>` in `xml`.
 fn xml_tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     let open = format!("<{tag}>");
@@ -665,10 +678,7 @@ impl SandboxProvider for EcsProvider {
                 (Some("RUNNING"), Some(i)) => break i,
                 (_, Some(i)) if i.state == RunState::Exited => {
                     let why = i.labels.get(warren_provider::ENDED_LABEL).cloned().unwrap_or_else(|| "stopped".into());
-                    return Err(ProviderError::Unavailable(format!(
-                        "task of {} stopped before running: {why}",
-                        spec.id
-                    )));
+                    return Err(stopped_before_running(&spec.id, &why));
                 }
                 _ => {}
             }
@@ -770,6 +780,18 @@ mod tests {
         assert_eq!(bridge_port(&t), Some(32768));
         let pending = Task::builder().containers(Container::builder().name("workspace").build()).build();
         assert_eq!(bridge_port(&pending), None, "no binding before the task runs");
+    }
+
+    #[test]
+    fn a_task_that_cannot_pull_its_image_is_an_invalid_spec() {
+        let id = WorkspaceId::generate();
+        let e = stopped_before_running(
+            &id,
+            "TaskFailedToStart: CannotPullContainerError: pull image manifest has been retried 5 time(s)",
+        );
+        assert!(matches!(&e, ProviderError::InvalidSpec(m) if m.contains("CannotPullContainerError")), "{e:?}");
+        let e = stopped_before_running(&id, "SpotInterruption: Your Spot Task was interrupted.");
+        assert!(matches!(&e, ProviderError::Unavailable(m) if m.contains("Spot")), "{e:?}");
     }
 
     #[test]
