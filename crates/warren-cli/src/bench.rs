@@ -218,6 +218,34 @@ async fn bench_create(dir: &Path, n: usize) -> Result<()> {
         p.destroy(&s.id).await?;
     }
     let mut rows = vec![ready, first];
+    // The gVisor runtime of the same provider, where runsc is installed.
+    if have("runsc") {
+        let g = provider(&dir.join("gvisor"))?
+            .with_gvisor(vec!["base".into()], "runsc".into())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut ready = Series { name: "warren local (gVisor): create → agent healthy".into(), ms: vec![] };
+        let mut first = Series { name: "warren local (gVisor): create → first command output".into(), ms: vec![] };
+        for i in 0..n.min(50) + 2 {
+            let s = spec(size);
+            let t = Instant::now();
+            let info = g.create(&s).await?;
+            let healthy = t.elapsed().as_secs_f64() * 1000.0;
+            let c =
+                warren_proto::client::AgentClient::new(info.endpoint.clone()).with_access_token(s.access_token.clone());
+            let out = c.exec("/bin/echo", &["hi"]).await?;
+            let output = t.elapsed().as_secs_f64() * 1000.0;
+            g.destroy(&s.id).await?;
+            if out.stdout != b"hi\n" {
+                bail!("unexpected output {:?}", out.stdout);
+            }
+            // The first two warm the base template and runsc's caches.
+            if i >= 2 {
+                ready.ms.push(healthy);
+                first.ms.push(output);
+            }
+        }
+        rows.extend([ready, first]);
+    }
     let bw = "bwrap --unshare-all --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev /bin/true";
     rows.push(Series {
         name: "bwrap --unshare-all … true (spawn+exit)".into(),
@@ -238,7 +266,14 @@ async fn bench_create(dir: &Path, n: usize) -> Result<()> {
         vec![]
     };
     rows.push(Series { name: "docker run --rm --network none … true".into(), ms: docker });
-    report("Cold create (local provider, native runtime)", "warren local: create → agent healthy", rows);
+    let docker_runsc = if docker_up() && have("hyperfine") && have("runsc") {
+        let img = docker_image()?;
+        hyperfine(&format!("docker run --runtime=runsc --rm --network none {img} /bin/true"), n.min(30), None)?
+    } else {
+        vec![]
+    };
+    rows.push(Series { name: "docker run --runtime=runsc --rm --network none … true".into(), ms: docker_runsc });
+    report("Cold create (local provider: native and gVisor runtimes)", "warren local: create → agent healthy", rows);
     Ok(())
 }
 

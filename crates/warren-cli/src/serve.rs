@@ -39,6 +39,11 @@ pub struct Config {
     pub sandbox_helper: Option<PathBuf>,
     /// Install the seccomp filter in local workspaces.
     pub seccomp: bool,
+    /// Local templates that run under gVisor (runsc) instead of warren's
+    /// own namespaces (`"*"`: all of them).
+    pub gvisor_templates: Vec<String>,
+    /// The runsc binary for them.
+    pub runsc: PathBuf,
     /// E2B sandbox domain: returned to SDKs as `domain`, and the suffix of
     /// `{port}-{id}.{domain}` hosts the gateway routes (env WARREN_E2B_DOMAIN).
     pub e2b_domain: Option<String>,
@@ -242,6 +247,8 @@ impl Default for Config {
             agent: None,
             sandbox_helper: None,
             seccomp: true,
+            gvisor_templates: Vec::new(),
+            runsc: PathBuf::from("runsc"),
             e2b_domain: None,
             tls_cert: None,
             tls_key: None,
@@ -487,7 +494,9 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
                 helper,
                 seccomp: cfg.seccomp,
             })
-            .map_err(|e| anyhow::anyhow!("local provider: {e} (use --provider process to run without isolation)"))?;
+            .map_err(|e| anyhow::anyhow!("local provider: {e} (use --provider process to run without isolation)"))?
+            .with_gvisor(cfg.gvisor_templates.clone(), cfg.runsc.clone())
+            .map_err(|e| anyhow::anyhow!("local provider: {e}"))?;
             Arc::new(local)
         }
     })

@@ -8,6 +8,7 @@
 //! with it: a crash of the server leaves no mount behind.
 
 pub mod cgroup;
+pub mod gvisor;
 pub mod network;
 pub mod oci;
 pub mod sandbox;
@@ -60,6 +61,9 @@ struct Meta {
     /// The /30 link of a `bridge` workspace.
     #[serde(default)]
     link: Option<u32>,
+    /// Runs under gVisor (runsc) instead of warren's own namespaces.
+    #[serde(default)]
+    gvisor: bool,
 }
 
 pub struct LocalProvider {
@@ -70,6 +74,9 @@ pub struct LocalProvider {
     rules: tokio::sync::OnceCell<()>,
     /// Held from choosing a link until its meta.json is written.
     links: tokio::sync::Mutex<()>,
+    /// Templates that run under gVisor, and the runsc binary.
+    gvisor_templates: Vec<String>,
+    runsc: PathBuf,
 }
 
 fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ProviderError + '_ {
@@ -97,7 +104,33 @@ impl LocalProvider {
             base: tokio::sync::OnceCell::new(),
             rules: tokio::sync::OnceCell::new(),
             links: tokio::sync::Mutex::new(()),
+            gvisor_templates: Vec::new(),
+            runsc: PathBuf::from("runsc"),
         })
+    }
+
+    /// Runs `templates` (`*`: every template) under gVisor with `runsc`
+    /// instead of warren's own namespaces; refused when runsc cannot run.
+    pub fn with_gvisor(mut self, templates: Vec<String>, runsc: PathBuf) -> Result<Self> {
+        if !templates.is_empty() {
+            gvisor::check(&runsc).map_err(|e| {
+                ProviderError::Unavailable(format!(
+                    "gVisor runtime: cannot run {} ({e}); apt-get install runsc",
+                    runsc.display()
+                ))
+            })?;
+        }
+        self.gvisor_templates = templates;
+        self.runsc = runsc;
+        Ok(self)
+    }
+
+    fn uses_gvisor(&self, template: &str) -> bool {
+        self.gvisor_templates.iter().any(|t| t == template || t == "*")
+    }
+
+    fn runsc_state(&self) -> PathBuf {
+        self.cfg.state_dir.join("runsc")
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -147,7 +180,11 @@ impl LocalProvider {
             template: m.template.clone(),
             size: m.size,
             state,
-            endpoint: Endpoint::Unix(self.dir(id).join("agent.sock")),
+            endpoint: Endpoint::Unix(if m.gvisor {
+                gvisor::socket(&self.dir(id))
+            } else {
+                self.dir(id).join("agent.sock")
+            }),
             created_at_ms: m.created_at_ms,
             labels: m.labels.clone(),
             access_token: None,
@@ -159,6 +196,10 @@ impl LocalProvider {
     fn teardown(&self, id: &WorkspaceId, pid: Option<(i32, u64)>) -> Result<()> {
         if let Some((pid, ticks)) = pid {
             kill_and_wait(pid, ticks)?;
+        }
+        // A gVisor workspace's state and host mounts (harmless otherwise).
+        if self.dir(id).join("config.json").exists() {
+            gvisor::teardown(&self.runsc, &self.runsc_state(), id.as_str(), &self.dir(id));
         }
         network::detach(id.as_str());
         self.cgroups.destroy(id.as_str()).map_err(internal("removing cgroups"))?;
@@ -212,16 +253,7 @@ impl LocalProvider {
     async fn launch(&self, spec: &CreateSpec, dir: &Path) -> Result<(i32, u64)> {
         let tpl = self.resolve(&spec.template).await?;
         let procs = self.cgroups.create(spec.id.as_str(), &spec.size).map_err(internal("creating cgroups"))?;
-        let mut agent_args = vec!["--user".to_string(), tpl.user.clone(), "--workdir".into(), tpl.workdir.clone()];
-        let image_env = tpl.env.iter().filter(|(k, _)| !spec.env.contains_key(k)).map(|(k, v)| (k, v));
-        for (k, v) in image_env.chain(spec.env.iter()) {
-            agent_args.push("--env".into());
-            agent_args.push(format!("{k}={v}"));
-        }
-        let mut agent_env = vec![("WARREN_AGENT_INIT_TOKEN".to_string(), spec.init_token.clone())];
-        if let Some(t) = &spec.access_token {
-            agent_env.push(("WARREN_AGENT_ACCESS_TOKEN".into(), t.clone()));
-        }
+        let (agent_args, agent_env) = agent_setup(spec, &tpl);
         let disk = spec.size.disk_mib as u64 * 1024 * 1024;
         let cfg = SandboxConfig {
             id: spec.id.to_string(),
@@ -267,6 +299,54 @@ impl LocalProvider {
         let reason = line.strip_prefix("error ").unwrap_or(line);
         Err(classify_launch_error(reason))
     }
+}
+
+impl LocalProvider {
+    /// Starts a workspace under gVisor; returns the sandbox's pid and start time.
+    async fn launch_gvisor(&self, spec: &CreateSpec, dir: &Path) -> Result<(i32, u64)> {
+        let tpl = self.resolve(&spec.template).await?;
+        let procs = self.cgroups.create(spec.id.as_str(), &spec.size).map_err(internal("creating cgroups"))?;
+        let (agent_args, agent_env) = agent_setup(spec, &tpl);
+        let disk = spec.size.disk_mib as u64 * 1024 * 1024;
+        let (runsc, state, id, dir, agent) =
+            (self.runsc.clone(), self.runsc_state(), spec.id.to_string(), dir.to_path_buf(), self.cfg.agent.clone());
+        let pid = tokio::task::spawn_blocking(move || {
+            gvisor::launch(&gvisor::GvisorLaunch {
+                runsc: &runsc,
+                state: &state,
+                id: &id,
+                dir: &dir,
+                layers: &tpl.layers,
+                host_binds: &tpl.host_binds,
+                disk_bytes: disk,
+                tmp_bytes: disk.min(512 << 20),
+                agent: &agent,
+                agent_args: &agent_args,
+                agent_env: &agent_env,
+                cgroup_procs: &procs,
+            })
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.to_string()))?
+        .map_err(|e| ProviderError::Unavailable(format!("gVisor: {e}")))?;
+        Ok((pid, start_ticks(pid)))
+    }
+}
+
+/// The agent's arguments (default user, workdir, the image's environment
+/// under the workspace's) and its environment (the tokens).
+fn agent_setup(spec: &CreateSpec, tpl: &Resolved) -> (Vec<String>, Vec<(String, String)>) {
+    let mut args = vec!["--user".to_string(), tpl.user.clone(), "--workdir".into(), tpl.workdir.clone()];
+    let image_env = tpl.env.iter().filter(|(k, _)| !spec.env.contains_key(k)).map(|(k, v)| (k, v));
+    for (k, v) in image_env.chain(spec.env.iter()) {
+        args.push("--env".into());
+        args.push(format!("{k}={v}"));
+    }
+    let mut env = vec![("WARREN_AGENT_INIT_TOKEN".to_string(), spec.init_token.clone())];
+    if let Some(t) = &spec.access_token {
+        env.push(("WARREN_AGENT_ACCESS_TOKEN".into(), t.clone()));
+    }
+    (args, env)
 }
 
 struct Resolved {
@@ -397,6 +477,13 @@ impl SandboxProvider for LocalProvider {
             return Err(ProviderError::Unsupported("network mode host (local offers: none, bridge)".into()));
         }
         let bridge = spec.network == NetworkMode::Bridge;
+        let gv = self.uses_gvisor(&spec.template);
+        if gv && bridge {
+            return Err(ProviderError::Unsupported(format!(
+                "network mode bridge for template {} (it runs under gVisor, which offers none)",
+                spec.template
+            )));
+        }
         if bridge {
             self.rules
                 .get_or_try_init(|| async {
@@ -416,7 +503,8 @@ impl SandboxProvider for LocalProvider {
             }
             Err(e) => return Err(ProviderError::Internal(format!("workspace dir: {e}"))),
         }
-        let (pid, ticks) = match self.launch(spec, &dir).await {
+        let launched = if gv { self.launch_gvisor(spec, &dir).await } else { self.launch(spec, &dir).await };
+        let (pid, ticks) = match launched {
             Ok(p) => p,
             Err(e) => {
                 let _ = self.teardown(&spec.id, None);
@@ -451,6 +539,7 @@ impl SandboxProvider for LocalProvider {
             pid,
             start_ticks: ticks,
             link,
+            gvisor: gv,
         };
         let write = serde_json::to_vec(&meta).map_err(|e| std::io::Error::other(e.to_string())).and_then(|raw| {
             let tmp = dir.join("meta.json.tmp");
@@ -462,7 +551,8 @@ impl SandboxProvider for LocalProvider {
             let _ = self.teardown(&spec.id, Some((pid, ticks)));
             return Err(ProviderError::Internal(format!("writing meta: {e}")));
         }
-        if let Err(e) = wait_healthy(&Endpoint::Unix(dir.join("agent.sock")), Duration::from_secs(15)).await {
+        let sock = if gv { gvisor::socket(&dir) } else { dir.join("agent.sock") };
+        if let Err(e) = wait_healthy(&Endpoint::Unix(sock), Duration::from_secs(15)).await {
             let _ = self.teardown(&spec.id, Some((pid, ticks)));
             return Err(e);
         }
@@ -523,8 +613,14 @@ impl SandboxProvider for LocalProvider {
         let m = self.read_meta(id)?;
         let (cpu_ns, memory_bytes, memory_limit_bytes, pids) = self.cgroups.usage(id.as_str());
         // statfs of the workspace's root reports its writable layer.
+        // gVisor: the writable layer's tmpfs on the host.
+        let root = if m.gvisor {
+            self.dir(id).join("scratch").display().to_string()
+        } else {
+            format!("/proc/{}/root/", m.pid)
+        };
         let (disk_used_bytes, disk_total_bytes) = if proc_alive(m.pid, m.start_ticks) {
-            nix::sys::statvfs::statvfs(format!("/proc/{}/root/", m.pid).as_str())
+            nix::sys::statvfs::statvfs(root.as_str())
                 .map(|s| {
                     let f = s.fragment_size();
                     ((s.blocks() - s.blocks_free()) * f, s.blocks() * f)
