@@ -364,9 +364,17 @@ impl SandboxProvider for DockerProvider {
             for tag in img.repo_tags.iter().filter(|t| !t.starts_with("<none>")) {
                 let name = tag.strip_suffix(":latest").unwrap_or(tag).to_string();
                 out.push(TemplateInfo {
-                    name,
                     description: format!("Docker image {tag} ({} MB)", img.size / 1_000_000),
                     revision: img.id.trim_start_matches("sha256:").chars().take(16).collect(),
+                    // A template run by runsc is gVisor-isolated.
+                    isolation: self.cfg.runtime_for(&name).map(|r| {
+                        if r == "runsc" {
+                            IsolationTier::Gvisor
+                        } else {
+                            IsolationTier::Namespaces
+                        }
+                    }),
+                    name,
                 });
             }
         }

@@ -331,7 +331,7 @@ impl SandboxProvider for E2bProvider {
             );
             let revision = t.get("buildID").and_then(Value::as_str).unwrap_or(&id).to_string();
             for name in std::iter::once(id.clone()).chain(names) {
-                out.push(TemplateInfo { name, description: desc.clone(), revision: revision.clone() });
+                out.push(TemplateInfo { name, description: desc.clone(), revision: revision.clone(), isolation: None });
             }
         }
         Ok(out)

@@ -591,6 +591,7 @@ impl SandboxProvider for EcsProvider {
                 name: name.clone(),
                 description: format!("ECS task from image {image}"),
                 revision: image.clone(),
+                isolation: None,
             })
             .collect())
     }

@@ -129,6 +129,15 @@ impl LocalProvider {
         self.gvisor_templates.iter().any(|t| t == template || t == "*")
     }
 
+    /// The isolation tier of a template's workspaces.
+    fn tier(&self, template: &str) -> IsolationTier {
+        if self.uses_gvisor(template) {
+            IsolationTier::Gvisor
+        } else {
+            IsolationTier::Namespaces
+        }
+    }
+
     fn runsc_state(&self) -> PathBuf {
         self.cfg.state_dir.join("runsc")
     }
@@ -431,6 +440,7 @@ impl SandboxProvider for LocalProvider {
             name: "base".into(),
             description: "the host's own system directories, read-only; user `user` (uid 1000) and root".into(),
             revision: "base".into(),
+            isolation: Some(self.tier("base")),
         }];
         for t in oci::list(&self.templates_dir()) {
             out.push(TemplateInfo {
@@ -440,6 +450,7 @@ impl SandboxProvider for LocalProvider {
                     t.layers.len()
                 ),
                 revision: t.revision(),
+                isolation: Some(self.tier(&t.name)),
                 name: t.name,
             });
         }
@@ -464,6 +475,7 @@ impl SandboxProvider for LocalProvider {
         Ok(TemplateInfo {
             description: format!("OCI image ({} layers)", t.layers.len()),
             revision: t.revision(),
+            isolation: Some(self.tier(&t.name)),
             name: t.name,
         })
     }

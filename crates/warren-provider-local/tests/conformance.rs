@@ -23,6 +23,13 @@ async fn local_provider_passes_the_suite_under_gvisor() {
             .expect("runsc (apt-get install runsc; scripts/test.sh installs it)")
     };
     let p = make();
+    // The API shows the tier per template.
+    let base = warren_provider::SandboxProvider::templates(&p).await.unwrap().into_iter().find(|t| t.name == "base");
+    assert_eq!(base.unwrap().isolation, Some(warren_provider::IsolationTier::Gvisor));
+    let native = common::provider(&root.join("native"));
+    let base =
+        warren_provider::SandboxProvider::templates(&native).await.unwrap().into_iter().find(|t| t.name == "base");
+    assert_eq!(base.unwrap().isolation, Some(warren_provider::IsolationTier::Namespaces));
     // It really is gVisor: its kernel reports itself in dmesg.
     let spec = warren_provider::conformance::spec("base");
     let info = warren_provider::SandboxProvider::create(&p, &spec).await.unwrap();

@@ -148,6 +148,7 @@ impl SandboxProvider for ProcessProvider {
             name: TEMPLATE.into(),
             description: "the host itself, no isolation (fake)".into(),
             revision: self.revision.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            isolation: None,
         }])
     }
 

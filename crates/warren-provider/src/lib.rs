@@ -144,6 +144,11 @@ pub struct TemplateInfo {
     /// image): warm pools drain members built from an older revision.
     #[serde(default)]
     pub revision: String,
+    /// How workspaces of this template are isolated, when a backend offers
+    /// more than one tier (the local backend's gVisor templates); None: the
+    /// backend's own tier ([`Capabilities::isolation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<IsolationTier>,
 }
 
 /// Label a backend sets on an exited workspace to say why it ended (a cloud
