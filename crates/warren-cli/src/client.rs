@@ -279,9 +279,15 @@ impl Client {
         } else {
             let rows: Vec<Vec<String>> = all
                 .iter()
-                .map(|t| vec![t["name"].as_str().unwrap_or("").into(), t["description"].as_str().unwrap_or("").into()])
+                .map(|t| {
+                    vec![
+                        t["name"].as_str().unwrap_or("").into(),
+                        t["isolation"].as_str().unwrap_or("-").into(),
+                        t["description"].as_str().unwrap_or("").into(),
+                    ]
+                })
                 .collect();
-            table(&["NAME", "DESCRIPTION"], &rows);
+            table(&["NAME", "ISOLATION", "DESCRIPTION"], &rows);
         }
         Ok(0)
     }
