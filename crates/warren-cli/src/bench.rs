@@ -664,7 +664,8 @@ fn busy_cpu_ms() -> f64 {
     let ticks: Vec<f64> =
         stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal …
-    let busy: f64 = ticks.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).take(8).sum();
+    // (guest time is already in user: the first eight fields only)
+    let busy: f64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
     busy * 10.0
 }
 

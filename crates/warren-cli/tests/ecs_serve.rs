@@ -136,16 +136,12 @@ fn tasks(url: &str) -> Vec<serde_json::Value> {
         .clone()
 }
 
-#[test]
-fn serve_on_ecs_creates_adopts_notices_spot_stops_and_kills() {
-    // A subnet of its own: the pool test below puts agents on 10.0.1.x.
-    let (_moto, moto_url, subnet, sg) = moto("10.0.2.0/24");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("warren.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"provider = "ecs"
+/// warren's config for the moto cluster: `top` before `[ecs]`, `ecs`
+/// inside it.
+fn write_config(path: &std::path::Path, top: &str, moto_url: &str, subnet: &str, sg: &str, ecs: &str) {
+    let text = format!(
+        r#"provider = "ecs"
+{top}
 [ecs]
 cluster = "ws"
 region = "us-east-1"
@@ -155,14 +151,21 @@ security_groups = ["{sg}"]
 launch_type = "FARGATE"
 agent_image = "warren/agent:0.1"
 owner = "e2e"
-wait_for_agent = false
-start_timeout = 20
+{ecs}
 [ecs.images]
 base = "public.ecr.aws/docker/library/debian:12"
 "#
-        ),
-    )
-    .unwrap();
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn serve_on_ecs_creates_adopts_notices_spot_stops_and_kills() {
+    // A subnet of its own: the pool test below puts agents on 10.0.1.x.
+    let (_moto, moto_url, subnet, sg) = moto("10.0.2.0/24");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("warren.toml");
+    write_config(&cfg, "", &moto_url, &subnet, &sg, "wait_for_agent = false\nstart_timeout = 20");
     let data = dir.path().join("data");
     let (mut server, url) = serve(&data, &cfg);
 
@@ -321,29 +324,7 @@ fn warm_pool_on_ecs_with_real_agents_in_the_tasks() {
     let _node = FakeNode::start(&moto_url);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("warren.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"provider = "ecs"
-[[pools]]
-template = "base"
-target = 2
-[ecs]
-cluster = "ws"
-region = "us-east-1"
-endpoint_url = "{moto_url}"
-subnets = ["{subnet}"]
-security_groups = ["{sg}"]
-launch_type = "FARGATE"
-agent_image = "warren/agent:0.1"
-owner = "e2e"
-start_timeout = 30
-[ecs.images]
-base = "public.ecr.aws/docker/library/debian:12"
-"#
-        ),
-    )
-    .unwrap();
+    write_config(&cfg, "[[pools]]\ntemplate = \"base\"\ntarget = 2", &moto_url, &subnet, &sg, "start_timeout = 30");
     let (_server, url) = serve(&dir.path().join("data"), &cfg);
     let pool = |url: &str| -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_str(&ok(&cli(url, &["--json", "pools"]))).unwrap();

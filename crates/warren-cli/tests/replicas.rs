@@ -87,6 +87,21 @@ fn cli_as(r: &Replica, key: &str, args: &[&str]) -> Output {
     Command::new(bin()).args(args).env("WARREN_URL", &r.url).env("WARREN_API_KEY", key).output().unwrap()
 }
 
+/// Waits until a returned replica's reconcile has removed every workspace
+/// its host still held.
+#[track_caller]
+fn wait_host_clean(r: &Replica) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = std::fs::read_dir(r.data.join("process")).map(|d| d.count()).unwrap_or(0);
+        if left == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{left} workspace dirs left on {}", r.name);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[track_caller]
 fn info(r: &Replica, id: &str) -> serde_json::Value {
     serde_json::from_str(&ok(&cli(r, &["--json", "info", id]))).unwrap()
@@ -163,15 +178,7 @@ fn three_replicas_one_redis_relay_load_and_kill_9() {
     // A comes back: its reconcile releases what the sweeper failed, so no
     // process of a failed workspace is left on its host.
     let a = replica(root.path(), "node-a", &url);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = std::fs::read_dir(a.data.join("process")).map(|d| d.count()).unwrap_or(0);
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{left} workspace dirs left on node-a");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_host_clean(&a);
     // Audit: every workspace in the store is accounted for.
     let all: serde_json::Value = serde_json::from_str(&ok(&cli(&b, &["--json", "ls"]))).unwrap();
     for wsp in all.as_array().unwrap() {
@@ -370,15 +377,7 @@ fn kill_9_during_load_loses_nothing_and_quotas_hold_across_replicas() {
     // A comes back: what it left on its host (the cut-short sandbox, the
     // failed ones) is removed.
     let a = replica_with(root.path(), "node-a", &url, quota, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = std::fs::read_dir(a.data.join("process")).map(|d| d.count()).unwrap_or(0);
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{left} workspace dirs left on node-a");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_host_clean(&a);
     for w in &all {
         let _ = cli(&c, &["kill", w["id"].as_str().unwrap()]);
     }

@@ -57,32 +57,36 @@ async fn start_moto() -> (Moto, String) {
     (Moto(child), url)
 }
 
+/// One call to moto's EC2 query API.
+async fn ec2(url: &str, params: Vec<(&'static str, String)>) -> String {
+    let mut form = params;
+    form.push(("Version", "2016-11-15".into()));
+    reqwest::Client::new()
+        .post(url)
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20261129/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x",
+        )
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The text of the first `<t>` in an EC2 reply.
+fn tag(xml: &str, t: &str) -> String {
+    let open = format!("<{t}>");
+    let from = xml.find(&open).unwrap_or_else(|| panic!("no {t} in {xml}")) + open.len();
+    xml[from..from + xml[from..].find('<').unwrap()].to_string()
+}
+
 /// A VPC, subnet and security group in moto's EC2 (RunTask checks them),
 /// through EC2's query API.
 async fn network(url: &str) -> (String, String) {
-    let http = reqwest::Client::new();
-    let call = |params: Vec<(&'static str, String)>| {
-        let http = http.clone();
-        let url = url.to_string();
-        async move {
-            let mut form = params;
-            form.push(("Version", "2016-11-15".into()));
-            http.post(&url)
-                .header("Authorization", "AWS4-HMAC-SHA256 Credential=test/20261129/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x")
-                .form(&form)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
-    let tag = |xml: &str, t: &str| {
-        let open = format!("<{t}>");
-        let from = xml.find(&open).unwrap_or_else(|| panic!("no {t} in {xml}")) + open.len();
-        xml[from..from + xml[from..].find('<').unwrap()].to_string()
-    };
+    let call = |params: Vec<(&'static str, String)>| ec2(url, params);
     let vpc = tag(&call(vec![("Action", "CreateVpc".into()), ("CidrBlock", "10.0.0.0/16".into())]).await, "vpcId");
     // Task ENIs get DNS names (moto needs it for awsvpc tasks).
     call(vec![
@@ -260,28 +264,7 @@ async fn bridge_mode_on_ec2_reaches_the_agent_at_the_hosts_address() {
     let ecs = ecs_client(&url).await;
     ecs.create_cluster().cluster_name("ws").send().await.unwrap();
     // One EC2 instance registered as a container instance of the cluster.
-    let http = reqwest::Client::new();
-    let ec2 = |form: Vec<(&'static str, String)>| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let mut form = form;
-            form.push(("Version", "2016-11-15".into()));
-            http.post(&url)
-                .header("Authorization", "AWS4-HMAC-SHA256 Credential=test/20261129/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x")
-                .form(&form)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
-    let tag = |xml: &str, t: &str| {
-        let open = format!("<{t}>");
-        let from = xml.find(&open).unwrap_or_else(|| panic!("no {t} in {xml}")) + open.len();
-        xml[from..from + xml[from..].find('<').unwrap()].to_string()
-    };
+    let ec2 = |form: Vec<(&'static str, String)>| ec2(&url, form);
     let ami = tag(&ec2(vec![("Action", "DescribeImages".into())]).await, "imageId");
     let run = ec2(vec![
         ("Action", "RunInstances".into()),
