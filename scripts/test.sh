@@ -69,6 +69,11 @@ cargo nextest run --workspace --no-fail-fast
 # warren serve with provider = "ecs" (the feature pulls the AWS SDK) against moto.
 cargo nextest run -p warren-cli --features ecs --test ecs_serve
 
+step "cgroup v2: the local provider's tests again, in a VM whose kernel has only the unified hierarchy"
+# This machine is a cgroup v1 hybrid; the VM (Debian's kernel under QEMU,
+# software emulation) is how the v2 code path gets tested for real.
+scripts/cgroup-v2-vm.sh
+
 step "E2B SDKs (Python 2.63.0 and 2.20.0, JavaScript) against warren"
 scripts/test-e2b.sh "${CARGO_TARGET_DIR:-target}/debug/warren"
 

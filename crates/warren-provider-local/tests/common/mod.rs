@@ -14,5 +14,15 @@ pub fn config(dir: &Path) -> LocalConfig {
 }
 
 pub fn provider(dir: &Path) -> LocalProvider {
-    LocalProvider::new(config(dir)).expect("local provider (run as root)")
+    let p = LocalProvider::new(config(dir)).expect("local provider (run as root)");
+    expect_cgroup_version(&p);
+    p
+}
+
+/// `WARREN_EXPECT_CGROUP=2` (set by scripts/cgroup-v2-vm.sh) makes every
+/// test fail unless the provider really runs on that cgroup version.
+pub fn expect_cgroup_version(p: &LocalProvider) {
+    if let Ok(v) = std::env::var("WARREN_EXPECT_CGROUP") {
+        assert_eq!(p.cgroups().version().to_string(), v, "cgroup version the provider chose");
+    }
 }
