@@ -9,6 +9,7 @@ pub mod forward;
 pub mod fsops;
 pub mod process;
 pub mod server;
+pub mod spawn;
 pub mod state;
 pub mod users;
 pub mod watch;

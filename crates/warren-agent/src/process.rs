@@ -7,10 +7,9 @@
 //! runs as PID 1.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -358,9 +357,6 @@ fn spawn(
     let pty = req.pty.as_ref();
     let env = build_env(user, &settings.env_vars, &config.envs, pty.is_some());
 
-    let mut cmd = Command::new(&config.cmd);
-    cmd.args(&config.args).env_clear().envs(&env).current_dir(&cwd);
-
     let am_root = nix::unistd::geteuid().is_root();
     if !am_root && user.uid != nix::unistd::geteuid().as_raw() {
         return Err(ConnectError::new(
@@ -368,70 +364,77 @@ fn spawn(
             format!("the agent does not run as root and cannot act as user '{}'", user.name),
         ));
     }
-    let groups: Vec<libc::gid_t> = crate::users::groups_of(&user.name, user.gid);
-    let (uid, gid) = (user.uid, user.gid);
+    let credentials =
+        am_root.then(|| (user.uid, user.gid, crate::users::groups_of(&user.name, user.gid) as Vec<libc::gid_t>));
+    let cstr = |what: &str, v: String| {
+        CString::new(v).map_err(|_| ConnectError::invalid(format!("{what} contains a NUL byte")))
+    };
+    let path = env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH);
+    let candidates = crate::spawn::candidates(&config.cmd, path)
+        .map_err(|_| ConnectError::invalid("process.cmd contains a NUL byte"))?;
+    let mut argv = vec![cstr("process.cmd", config.cmd.clone())?];
+    for a in &config.args {
+        argv.push(cstr("process.args", a.clone())?);
+    }
+    let envp = env.iter().map(|(k, v)| cstr("process.envs", format!("{k}={v}"))).collect::<Result<Vec<_>, _>>()?;
+    let cwd_c = cstr("process.cwd", cwd.to_string_lossy().into_owned())?;
 
+    // The child's ends of its standard streams; ours stay in `Io`/readers.
+    let os = |what: &str, e: std::io::Error| ConnectError::internal(format!("{what}: {e}"));
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| os("pipe", e.into()));
     let mut pty_master: Option<OwnedFd> = None;
-    if let Some(p) = pty {
+    let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let child_ends: [OwnedFd; 3] = if let Some(p) = pty {
         let size = p.size.unwrap_or(PtySize { cols: 80, rows: 24 });
         let pair = nix::pty::openpty(None, None).map_err(|e| ConnectError::internal(format!("openpty: {e}")))?;
         set_winsize(pair.master.as_raw_fd(), size)?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| ConnectError::internal(format!("dup pty: {e}")));
-        cmd.stdin(Stdio::from(dup(&pair.slave)?))
-            .stdout(Stdio::from(dup(&pair.slave)?))
-            .stderr(Stdio::from(pair.slave));
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| os("dup pty", e));
+        for fd in [&pair.master, &pair.slave] {
+            set_cloexec(fd.as_raw_fd());
+        }
         pty_master = Some(pair.master);
+        [dup(&pair.slave)?, dup(&pair.slave)?, pair.slave]
     } else {
         // SDK 2.63 always sends `stdin`; 2.0.0 never did and expected a pipe.
-        let want_stdin = req.stdin.unwrap_or(true);
-        cmd.stdin(if want_stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-    }
-    let is_pty = pty.is_some();
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, ioctl, setgroups, setgid,
-    // setuid) on values computed before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The agent may be shielded from the OOM killer; its processes
-            // must not be. Raising the score needs no privilege.
-            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if adj >= 0 {
-                libc::write(adj, b"0".as_ptr().cast(), 1);
-                libc::close(adj);
-            }
-            if is_pty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if am_root
-                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                    || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+        let stdin = if req.stdin.unwrap_or(true) {
+            let (r, w) = pipe()?;
+            parent_ends[0] = Some(w);
+            r
+        } else {
+            OwnedFd::from(
+                std::fs::File::options().read(true).write(true).open("/dev/null").map_err(|e| os("/dev/null", e))?,
+            )
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        parent_ends[1] = Some(out_r);
+        parent_ends[2] = Some(err_r);
+        [stdin, out_w, err_w]
+    };
+    let spec = crate::spawn::Spec {
+        candidates,
+        argv,
+        envp,
+        cwd: cwd_c,
+        stdio: [child_ends[0].as_raw_fd(), child_ends[1].as_raw_fd(), child_ends[2].as_raw_fd()],
+        controlling_tty: pty.is_some(),
+        credentials,
+    };
 
     // Hold the waiter table while spawning so the reaper cannot collect the
     // child before its waiter is registered.
     let (exit_tx, exit_rx) = oneshot::channel();
-    let mut child = {
+    let pid = {
         let mut waiters = agent.procs.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let child = cmd.spawn().map_err(|e| {
+        let pid = crate::spawn::spawn(&spec).map_err(|e| {
             let code = if e.kind() == std::io::ErrorKind::NotFound { Code::NotFound } else { Code::Internal };
             ConnectError::new(code, format!("failed to start '{}': {e}", config.cmd))
         })?;
-        waiters.insert(child.id() as i32, exit_tx);
-        child
+        waiters.insert(pid as i32, exit_tx);
+        pid
     };
-    drop(cmd);
-    let pid = child.id();
+    drop(child_ends);
+    let [stdin_w, stdout_r, stderr_r] = parent_ends;
 
     let (io, readers): (Io, Vec<Reader>) = match pty_master {
         Some(master) => {
@@ -443,16 +446,15 @@ fn spawn(
             (Io::Pty { master: master.clone(), write_lock: Default::default() }, vec![Reader::Pty(master)])
         }
         None => {
-            let stdin =
-                child.stdin.take().and_then(|s| tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(s)).ok());
+            let stdin = stdin_w.and_then(|s| tokio::net::unix::pipe::Sender::from_owned_fd(s).ok());
             let mut readers = Vec::new();
-            if let Some(out) = child.stdout.take() {
-                if let Ok(r) = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(out)) {
+            if let Some(out) = stdout_r {
+                if let Ok(r) = tokio::net::unix::pipe::Receiver::from_owned_fd(out) {
                     readers.push(Reader::Stdout(r));
                 }
             }
-            if let Some(err) = child.stderr.take() {
-                if let Ok(r) = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(err)) {
+            if let Some(err) = stderr_r {
+                if let Ok(r) = tokio::net::unix::pipe::Receiver::from_owned_fd(err) {
                     readers.push(Reader::Stderr(r));
                 }
             }
@@ -473,6 +475,13 @@ fn spawn(
     agent.procs.lock_procs().insert(pid, proc.clone());
     supervise(agent, proc.clone(), readers, exit_rx);
     Ok((proc, first_rx))
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor we own, with plain integer arguments.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
 }
 
 fn set_nonblocking(fd: RawFd) {

@@ -354,3 +354,55 @@ async fn orphans_are_reaped_when_the_agent_is_pid_1() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A command starts clean whatever the agent's own state: its own session,
+/// no blocked or ignored signals (the agent ignores SIGPIPE and handles
+/// others), only descriptors 0-2 open (none of the agent's sockets, pipes of
+/// other commands, PTYs, or descriptors the agent inherited without
+/// close-on-exec), and no OOM score inherited from the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_starts_with_clean_process_state() {
+    // Give this process (the agent runs in it) an OOM score of its own, as
+    // the agent has when it shields itself as a workspace's init (shielding,
+    // a negative score, needs CAP_SYS_RESOURCE, which CI may lack).
+    std::fs::write("/proc/self/oom_score_adj", "300").unwrap();
+    // SAFETY: setting SIGPIPE's disposition to ignore and opening a file
+    // without close-on-exec; nothing in the test relies on either.
+    let leaky = unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY)
+    };
+    assert!(leaky > 2);
+    let a = Agent::start();
+    let c = a.unix();
+    // A PTY process alive beside it: its descriptors must not leak either.
+    let mut pty = sh("sleep 5");
+    pty.pty = Some(Pty { size: Some(PtySize { cols: 80, rows: 24 }) });
+    let _other = c.start(&pty, &CallOptions::default()).await.unwrap();
+    // Programs the agent execs directly (no shell in between to change things).
+    let run = |cmd: &str, args: &[&str]| {
+        let req = StartRequest {
+            process: Some(ProcessConfig {
+                cmd: cmd.into(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = c.clone();
+        async move {
+            let out = c.start(&req, &CallOptions::default()).await.unwrap().collect().await.unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let status = run("grep", &["-E", "^(SigBlk|SigIgn)", "/proc/self/status"]).await;
+    assert_eq!(status, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+    assert_eq!(run("cat", &["/proc/self/oom_score_adj"]).await, "0\n");
+    // ls's own directory handle is the one beyond 2.
+    assert_eq!(run("ls", &["/proc/self/fd"]).await, "0\n1\n2\n3\n");
+    // /proc/self/stat: field 1 is the pid, field 6 the session.
+    let stat = run("cat", &["/proc/self/stat"]).await;
+    let after_comm = stat.rsplit_once(") ").unwrap().1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    assert_eq!(stat.split_whitespace().next(), Some(fields[3]), "its own session: {stat}");
+}

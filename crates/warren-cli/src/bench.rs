@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Burst width of the pool benchmark.
     #[arg(long, default_value_t = 100)]
     pub burst: usize,
+    /// Pool benchmark: run only the variants whose name starts with this.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 struct Series {
@@ -515,7 +518,7 @@ fn docker_bench_provider() -> Result<(Arc<dyn SandboxProvider>, &'static str)> {
     Ok((Arc::new(p), img))
 }
 
-async fn bench_pool(dir: &Path, burst: usize, backend: &str) -> Result<()> {
+async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>) -> Result<()> {
     use warren_store::StateStore as _;
     let key = "e2b_bench0000000000000000000000000000000000";
     let mut rows = Vec::new();
@@ -527,6 +530,9 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str) -> Result<()> {
         ("one at a time, pool", 30, false),
         ("one at a time, no pool", 0, false),
     ] {
+        if only.is_some_and(|o| !label.starts_with(o)) {
+            continue;
+        }
         let burst = if concurrent { burst } else { 20 };
         let create_only = label.starts_with("create only");
         let (p, template): (Arc<dyn SandboxProvider>, &str) = match backend {
@@ -571,6 +577,11 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let http = reqwest::Client::new();
+        if let Some(ms) = std::env::var("WARREN_BENCH_PROFILE_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+            // For profilers: a quiet gap, then a marker, right before the burst.
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            eprintln!("bench: burst starts");
+        }
         let mut tasks = Vec::new();
         let mut done = Vec::new();
         let cpu_before = busy_cpu_ms();
@@ -772,7 +783,7 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
         if !["local", "docker"].contains(&a.provider.as_str()) {
             bail!("--provider {:?}: local or docker", a.provider);
         }
-        bench_pool(&dir, a.burst, &a.provider).await?;
+        bench_pool(&dir, a.burst, &a.provider, a.only.as_deref()).await?;
     }
     if all || a.which == "density" {
         bench_density(&dir, a.density).await?;
