@@ -113,8 +113,11 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
+# Scratch space on a tmpfs (overlayfs cannot put its upper layer on 9p). The
+# host's /tmp stays visible: the checkout may live there.
 mount -t tmpfs tmpfs /run
+mkdir -p /run/tmp
+export TMPDIR=/run/tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 hostname warren-vm
 ip link set lo up

@@ -139,8 +139,17 @@ async fn bridge_egress_isolation_and_cleanup() {
 
     // b serves; a cannot reach it.
     let b_addr = b_ip.split('/').next().unwrap().to_string();
-    cb.sh(&format!("nohup python3 -m http.server 8001 --bind {b_addr} >/dev/null 2>&1 & sleep 0.5")).await.unwrap();
-    assert_eq!(fetch(&cb, &format!("http://{b_addr}:8001/")).await, "200", "b reaches itself");
+    cb.sh(&format!("nohup python3 -m http.server 8001 --bind {b_addr} >/dev/null 2>&1 &")).await.unwrap();
+    // The server takes a moment to listen (seconds on a slow or emulated machine).
+    let mut got = String::new();
+    for _ in 0..50 {
+        got = fetch(&cb, &format!("http://{b_addr}:8001/")).await;
+        if got == "200" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(got, "200", "b reaches itself");
     assert!(fetch(&ca, &format!("http://{b_addr}:8001/")).await.starts_with("blocked"), "a must not reach b");
 
     // The host's own services are not reachable, not even on the link address.
