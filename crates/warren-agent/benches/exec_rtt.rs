@@ -2,7 +2,8 @@
 //! fork+exec of `/bin/true` measured in the same run (the floor).
 //!
 //! Run: `cargo bench -p warren-agent --bench exec_rtt` (WARREN_BENCH_N sets
-//! the iterations per variant; default 400). Rounds interleave the variants
+//! the iterations per variant; default 400; WARREN_AGENT_BIN another agent
+//! binary, e.g. target/agent-static/warren-agent). Rounds interleave the variants
 //! so that noise on a shared machine hits them alike.
 
 use std::process::{Command, Stdio};
@@ -49,8 +50,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("agent.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let bin = env!("CARGO_BIN_EXE_warren-agent");
-    let mut agent = Command::new(bin)
+    // WARREN_AGENT_BIN measures another build, e.g. the static one workspaces run.
+    let bin = std::env::var("WARREN_AGENT_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_warren-agent").to_string());
+    let mut agent = Command::new(&bin)
         .args(["--listen", &format!("unix://{}", sock.display()), "--listen", &format!("tcp://127.0.0.1:{port}")])
         .args(["--user", "root"])
         .stderr(Stdio::null())

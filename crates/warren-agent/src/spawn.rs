@@ -58,6 +58,15 @@ struct Shared {
 
 const STACK: usize = 64 * 1024;
 
+thread_local! {
+    /// The child's stack, kept per thread: a fresh 64 KiB per command meant
+    /// an mmap, page faults and an munmap (with a TLB shootdown across the
+    /// agent's threads) every time. Only this thread's spawn uses it, and
+    /// this thread sleeps while the child runs on it.
+    static CHILD_STACK: std::cell::RefCell<Option<Box<[std::mem::MaybeUninit<u8>]>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Starts the process; returns its pid. The caller reaps it.
 pub fn spawn(spec: &Spec) -> io::Result<u32> {
     if spec.candidates.is_empty() || spec.argv.is_empty() {
@@ -91,14 +100,16 @@ pub fn spawn(spec: &Spec) -> io::Result<u32> {
         groups: spec.credentials.as_ref().map(|(_, _, gs)| gs.clone()).unwrap_or_default(),
         error: AtomicI32::new(0),
     };
-    let mut stack = vec![0u8; STACK];
-    // SAFETY: the stack pointer is the 16-byte aligned end of a live buffer
-    // that outlives the child's use of it (CLONE_VFORK: this thread resumes
-    // only once the child has exec'd or exited). All signals are blocked
+    // SAFETY: the stack pointer is the 16-byte aligned end of this thread's
+    // stack buffer, borrowed for the whole call and used by nothing else
+    // while the child runs (CLONE_VFORK: this thread resumes only once the
+    // child has exec'd or exited). All signals are blocked
     // around clone so no handler of the agent runs on the borrowed memory;
     // the child resets dispositions and its mask before exec. `shared` and
     // everything it points to stay alive and unmodified until clone returns.
-    let pid = unsafe {
+    let pid = CHILD_STACK.with(|cell| unsafe {
+        let mut slot = cell.borrow_mut();
+        let stack = slot.get_or_insert_with(|| vec![std::mem::MaybeUninit::<u8>::uninit(); STACK].into_boxed_slice());
         let top = stack.as_mut_ptr().add(STACK);
         let top = (top as usize & !15) as *mut c_void;
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -118,13 +129,12 @@ pub fn spawn(spec: &Spec) -> io::Result<u32> {
         } else {
             Ok(pid)
         }
-    };
+    });
     for fd in moved {
         // SAFETY: closing the copies made above, which nothing else holds.
         unsafe { libc::close(fd) };
     }
     let pid = pid?;
-    drop(stack);
     match shared.error.load(Ordering::Acquire) {
         0 => Ok(pid as u32),
         // The child exited with 127 and will be reaped by the caller's reaper.
