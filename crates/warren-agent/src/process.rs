@@ -364,8 +364,7 @@ fn spawn(
             format!("the agent does not run as root and cannot act as user '{}'", user.name),
         ));
     }
-    let credentials =
-        am_root.then(|| (user.uid, user.gid, crate::users::groups_of(&user.name, user.gid) as Vec<libc::gid_t>));
+    let credentials = am_root.then(|| (user.uid, user.gid, crate::users::groups_of(&user.name, user.gid)));
     let cstr = |what: &str, v: String| {
         CString::new(v).map_err(|_| ConnectError::invalid(format!("{what} contains a NUL byte")))
     };

@@ -67,15 +67,7 @@ pub fn launch(l: &GvisorLaunch<'_>) -> io::Result<i32> {
         std::fs::create_dir_all(d)?;
     }
     mount("tmpfs", &scratch, "tmpfs", &format!("size={},mode=0755", l.disk_bytes))?;
-    std::fs::create_dir_all(scratch.join("upper"))?;
-    std::fs::create_dir_all(scratch.join("work"))?;
-    let lower: Vec<String> = l.layers.iter().map(|p| p.display().to_string()).collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        scratch.join("upper").display(),
-        scratch.join("work").display()
-    );
+    let opts = crate::sandbox::overlay_options(l.layers, &scratch)?;
     mount("overlay", &rootfs, "overlay", &opts)?;
 
     let mut mounts = vec![

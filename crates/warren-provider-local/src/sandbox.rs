@@ -137,6 +137,17 @@ fn launch(cfg: &SandboxConfig) -> io::Result<i32> {
     }
 }
 
+/// Makes `upper` and `work` in `scratch` (the writable layer's tmpfs) and
+/// returns the overlay mount options over `layers` (topmost first). The
+/// native and gVisor runtimes assemble the root alike.
+pub(crate) fn overlay_options(layers: &[PathBuf], scratch: &Path) -> io::Result<String> {
+    let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+    fs::create_dir_all(&upper)?;
+    fs::create_dir_all(&work)?;
+    let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
+    Ok(format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display()))
+}
+
 fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> io::Result<()> {
     ctx(mount(src, target, fstype, flags, data), || format!("mount {:?} on {}", fstype.or(src), target.display()))
 }
@@ -152,15 +163,7 @@ fn init(cfg: &SandboxConfig, listen_fd: i32) -> io::Result<std::convert::Infalli
     // Writable layer: a size-limited tmpfs, so a disk filler fills only its own.
     let nosuid_dev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mnt(Some("tmpfs"), &scratch, Some("tmpfs"), nosuid_dev, Some(&format!("size={},mode=0755", cfg.disk_bytes)))?;
-    fs::create_dir_all(scratch.join("upper"))?;
-    fs::create_dir_all(scratch.join("work"))?;
-    let lower: Vec<String> = cfg.layers.iter().map(|p| p.display().to_string()).collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        scratch.join("upper").display(),
-        scratch.join("work").display()
-    );
+    let opts = overlay_options(&cfg.layers, &scratch)?;
     mnt(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(&opts))?;
 
     for host in &cfg.host_binds {
