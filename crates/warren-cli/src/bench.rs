@@ -32,7 +32,8 @@ pub struct BenchArgs {
     /// Burst width of the pool benchmark.
     #[arg(long, default_value_t = 100)]
     pub burst: usize,
-    /// Pool benchmark: run only the variants whose name starts with this.
+    /// Pool benchmark: run only the variants whose name starts with one of
+    /// these comma-separated prefixes (e.g. "pool sized right,peer").
     #[arg(long)]
     pub only: Option<String>,
 }
@@ -530,7 +531,7 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
         ("one at a time, pool", 30, false),
         ("one at a time, no pool", 0, false),
     ] {
-        if only.is_some_and(|o| !label.starts_with(o)) {
+        if !selected(only, label) {
             continue;
         }
         let burst = if concurrent { burst } else { 20 };
@@ -658,6 +659,42 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
             let _ = orch.kill_any(&r.id).await;
         }
     }
+    if backend == "local" {
+        // The floor under any orchestrator on this machine: the same burst of
+        // commands with no API, no workspace and no agent, and with bwrap
+        // building a namespace sandbox per command.
+        let bare: &[&str] = &["echo", "hi"];
+        let bw: &[&str] = &[
+            "bwrap",
+            "--unshare-all",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "echo",
+            "hi",
+        ];
+        for (label, argv) in
+            [("peer: bare processes (posix_spawn, no isolation)", bare), ("peer: bwrap per command", bw)]
+        {
+            if !selected(only, label) || !have(argv[0]) {
+                continue;
+            }
+            rows.push(process_burst(label, argv, burst).await?);
+        }
+    }
     report(
         &format!(
             "Burst: create → first command output through the API ({backend} provider; \"create only\": until the create reply)"
@@ -666,6 +703,47 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
         rows,
     );
     Ok(())
+}
+
+/// Whether `--only` (comma-separated name prefixes) selects a variant.
+fn selected(only: Option<&str>, label: &str) -> bool {
+    only.is_none_or(|o| o.split(',').map(str::trim).any(|p| !p.is_empty() && label.starts_with(p)))
+}
+
+/// `burst` copies of a command started at once, each timed from its own
+/// start to its first output (as the API burst times each request from its
+/// own start), with the machine's CPU per command.
+async fn process_burst(label: &str, argv: &[&str], burst: usize) -> Result<Series> {
+    use tokio::io::AsyncReadExt as _;
+    let cpu_before = busy_cpu_ms();
+    let mut tasks = Vec::new();
+    for _ in 0..burst {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let mut child = tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("spawning {}", argv[0]))?;
+            let mut out = child.stdout.take().context("no stdout")?;
+            let mut b = [0u8; 64];
+            if out.read(&mut b).await? == 0 {
+                bail!("{} printed nothing", argv.join(" "));
+            }
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            child.wait().await?;
+            Ok::<_, anyhow::Error>(ms)
+        }));
+    }
+    let mut ms = Vec::new();
+    for t in tasks {
+        ms.push(t.await??);
+    }
+    let cpu = (busy_cpu_ms() - cpu_before) / burst.max(1) as f64;
+    Ok(Series { name: format!("{label}, burst of {burst}, CPU {cpu:.2} ms/request"), ms })
 }
 
 /// CPU time the whole machine spent busy so far (all cores, ms), from
@@ -798,4 +876,20 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_selects_by_comma_separated_prefixes() {
+        assert!(selected(None, "no pool"));
+        assert!(selected(Some("pool sized right,peer"), "peer: bwrap per command"));
+        assert!(selected(Some("pool sized right, peer"), "pool sized right"));
+        assert!(!selected(Some("pool sized right,peer"), "pool too small"));
+        assert!(!selected(Some("pool sized right,peer"), "create only, pool sized right"));
+        // An empty prefix selects nothing rather than everything.
+        assert!(!selected(Some(","), "no pool"));
+    }
 }
