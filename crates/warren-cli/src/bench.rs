@@ -523,14 +523,16 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
     use warren_store::StateStore as _;
     let key = "e2b_bench0000000000000000000000000000000000";
     let mut rows = Vec::new();
-    for (label, target, concurrent) in [
-        ("create only with pool sized right", burst, true),
-        ("pool sized right", burst, true),
-        ("pool too small", burst / 5, true),
-        ("no pool", 0, true),
-        ("one at a time with pool", 30, false),
-        ("one at a time with no pool", 0, false),
-    ] {
+    let [create_only, sized_right, too_small, no_pool, seq_pool, seq_no_pool] = POOL_VARIANTS;
+    let variants = [
+        (create_only, burst, true),
+        (sized_right, burst, true),
+        (too_small, burst / 5, true),
+        (no_pool, 0, true),
+        (seq_pool, 30, false),
+        (seq_no_pool, 0, false),
+    ];
+    for (label, target, concurrent) in variants {
         if !selected(only, label) {
             continue;
         }
@@ -695,13 +697,12 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
             "echo",
             "hi",
         ];
-        for (label, argv) in
-            [("peer: bare processes (posix_spawn, no isolation)", bare), ("peer: bwrap per command", bw)]
-        {
+        for (label, argv) in [(PEERS[0], bare), (PEERS[1], bw)] {
             if !selected(only, label) || !have(argv[0]) {
                 continue;
             }
-            rows.push(process_burst(label, argv, burst).await?);
+            let label = if argv == bare { format!("{label} (posix_spawn, no isolation)") } else { label.to_string() };
+            rows.push(process_burst(&label, argv, burst).await?);
         }
     }
     report(
@@ -716,6 +717,27 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The pool benchmark's variants, then the peers it runs on the local backend.
+const POOL_VARIANTS: [&str; 6] = [
+    "create only with pool sized right",
+    "pool sized right",
+    "pool too small",
+    "no pool",
+    "one at a time with pool",
+    "one at a time with no pool",
+];
+const PEERS: [&str; 2] = ["peer: bare processes", "peer: bwrap per command"];
+
+/// Rejects an `--only` that selects none of the pool benchmark's variants.
+fn check_only(only: Option<&str>, backend: &str) -> Result<()> {
+    let peers: &[&str] = if backend == "local" { &PEERS } else { &[] };
+    let names: Vec<&str> = POOL_VARIANTS.iter().chain(peers).copied().collect();
+    if !names.iter().any(|n| selected(only, n)) {
+        bail!("--only {:?} selects no variant; the variants: {}", only.unwrap_or_default(), names.join(", "));
+    }
+    Ok(())
 }
 
 /// Whether `--only` (comma-separated name prefixes) selects a variant.
@@ -845,6 +867,16 @@ async fn bench_density(dir: &Path, count: usize) -> Result<()> {
 }
 
 pub async fn run(a: BenchArgs) -> Result<u8> {
+    if !["all", "create", "exec", "list", "pool", "density", "docker"].contains(&a.which.as_str()) {
+        bail!("unknown benchmark {:?}: create, exec, list, pool, density, docker or all", a.which);
+    }
+    if (a.which == "all" || a.which == "pool") && !["local", "docker"].contains(&a.provider.as_str()) {
+        bail!("--provider {:?}: local or docker", a.provider);
+    }
+    if a.only.is_some() && a.which != "pool" {
+        bail!("--only selects variants of `warren bench pool`; it does not apply to {:?}", a.which);
+    }
+    check_only(a.only.as_deref(), &a.provider)?;
     let dir = match &a.dir {
         Some(d) => d.clone(),
         None => {
@@ -871,9 +903,6 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
         bench_list(&dir, a.n).await?;
     }
     if all || a.which == "pool" {
-        if !["local", "docker"].contains(&a.provider.as_str()) {
-            bail!("--provider {:?}: local or docker", a.provider);
-        }
         bench_pool(&dir, a.burst, &a.provider, a.only.as_deref()).await?;
     }
     if all || a.which == "density" {
@@ -881,9 +910,6 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
     }
     if all || a.which == "docker" {
         bench_docker(a.n).await?;
-    }
-    if !["all", "create", "exec", "list", "pool", "density", "docker"].contains(&a.which.as_str()) {
-        bail!("unknown benchmark {:?}: create, exec, list, pool, density, docker or all", a.which);
     }
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -904,5 +930,15 @@ mod tests {
         assert!(!selected(Some("pool sized right,peer"), "create only with pool sized right"));
         // An empty prefix selects nothing rather than everything.
         assert!(!selected(Some(","), "no pool"));
+    }
+
+    #[test]
+    fn only_must_select_a_variant_of_the_backend() {
+        assert!(check_only(None, "local").is_ok());
+        assert!(check_only(Some("peer"), "local").is_ok());
+        assert!(check_only(Some("one at a time"), "docker").is_ok());
+        let e = check_only(Some("peer"), "docker").unwrap_err().to_string();
+        assert!(e.contains("selects no variant") && e.contains("pool sized right"), "{e}");
+        assert!(check_only(Some("pool sized wrong"), "local").is_err());
     }
 }

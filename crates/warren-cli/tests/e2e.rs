@@ -390,3 +390,38 @@ fn docker_kill_9_reconcile_and_engine_restart() {
     let left = docker(&["ps", "-aq", "--filter", &format!("label=warren.owner={owner}")]);
     assert_eq!(left, "", "nothing of ours is left");
 }
+
+/// `warren bench pool` end to end on a small burst: the pool row and the
+/// bare-process floor row come out with their sample counts and numbers;
+/// variants not asked for do not run; a selection of nothing is refused
+/// before any work.
+#[test]
+fn bench_pool_runs_a_small_burst_next_to_its_floor() {
+    ensure_helper();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["bench", "pool", "--burst", "4", "--only", "pool sized right,peer: bare", "--dir"])
+        .arg(dir.path())
+        .env("WARREN_AGENT_BIN", warren_provider::conformance::agent_binary())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let row = |prefix: &str| -> Vec<String> {
+        let line =
+            text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no row {prefix:?} in\n{text}"));
+        line.split('|').map(|c| c.trim().to_string()).collect()
+    };
+    for prefix in ["| pool sized right (4), burst of 4 — 4 hits, 0 misses", "| peer: bare processes"] {
+        let cols = row(prefix);
+        assert_eq!(cols[2], "4", "sample count of {prefix}");
+        let (min, p50, p99): (f64, f64, f64) =
+            (cols[3].parse().unwrap(), cols[4].parse().unwrap(), cols[6].parse().unwrap());
+        assert!(0.0 < min && min <= p50 && p50 <= p99, "{cols:?}");
+    }
+    assert!(!text.contains("pool too small") && !text.contains("bwrap"), "{text}");
+
+    let out = Command::new(bin()).args(["bench", "pool", "--only", "nothing like it"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("selects no variant"), "{out:?}");
+}
