@@ -588,6 +588,7 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
         let mut tasks = Vec::new();
         let mut done = Vec::new();
         let cpu_before = busy_cpu_ms();
+        let wall = Instant::now();
         for _ in 0..burst {
             let (http, base, template) = (http.clone(), base.clone(), template.to_string());
             tasks.push(tokio::spawn(async move {
@@ -642,11 +643,13 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
         // with n requests on c cores, no scheduling gets the last one done
         // before n × this / c.
         let cpu_per_request = (busy_cpu_ms() - cpu_before) / burst.max(1) as f64;
+        // Throughput: the whole burst (or sequence) over its wall time.
+        let per_s = burst as f64 / wall.elapsed().as_secs_f64();
         let st = orch.pool_status().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(p) = st.first() {
             s.name = format!("{} — {} hits, {} misses, refill {} ms", s.name, p.hits, p.misses, p.refill_ms);
         }
-        s.name = format!("{}, CPU {cpu_per_request:.2} ms/request", s.name);
+        s.name = format!("{}, CPU {cpu_per_request:.2} ms/request, {per_s:.0} requests/s", s.name);
         if concurrent && target > 0 && !create_only {
             // Refill rate in service: the emptied pool back to its target.
             let t = Instant::now();
