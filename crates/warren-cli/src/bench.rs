@@ -250,10 +250,10 @@ async fn bench_create(dir: &Path, n: usize) -> Result<()> {
         }
         rows.extend([ready, first]);
     }
-    let bw = "bwrap --unshare-all --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev /bin/true";
+    let bw = format!("{} /bin/true", BWRAP.join(" "));
     rows.push(Series {
         name: "bwrap --unshare-all … true (spawn+exit)".into(),
-        ms: if have("bwrap") && have("hyperfine") { hyperfine(bw, n, None)? } else { vec![] },
+        ms: if have("bwrap") && have("hyperfine") { hyperfine(&bw, n, None)? } else { vec![] },
     });
     let crun = if have("crun") && have("hyperfine") {
         let b = crun_bundle(dir)?;
@@ -677,35 +677,14 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
         // The floor under any orchestrator on this machine: the same burst of
         // commands with no API, no workspace and no agent, and with bwrap
         // building a namespace sandbox per command.
-        let bare: &[&str] = &["echo", "hi"];
-        let bw: &[&str] = &[
-            "bwrap",
-            "--unshare-all",
-            "--ro-bind",
-            "/usr",
-            "/usr",
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--symlink",
-            "usr/lib",
-            "/lib",
-            "--symlink",
-            "usr/lib64",
-            "/lib64",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "echo",
-            "hi",
-        ];
-        for (label, argv) in [(PEERS[0], bare), (PEERS[1], bw)] {
+        let bwrap_echo: Vec<&str> = BWRAP.iter().copied().chain(["echo", "hi"]).collect();
+        for (label, note, argv) in
+            [(PEERS[0], " (posix_spawn, no isolation)", &["echo", "hi"][..]), (PEERS[1], "", &bwrap_echo[..])]
+        {
             if !selected(only, label) || !have(argv[0]) {
                 continue;
             }
-            let label = if argv == bare { format!("{label} (posix_spawn, no isolation)") } else { label.to_string() };
-            rows.push(process_burst(&label, argv, burst).await?);
+            rows.push(process_burst(&format!("{label}{note}"), argv, burst).await?);
         }
     }
     report(
@@ -717,6 +696,29 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
     );
     Ok(())
 }
+
+/// bwrap building a namespace sandbox from the host's /usr: the peer of the
+/// cold-create and burst benchmarks (the command follows).
+const BWRAP: [&str; 18] = [
+    "bwrap",
+    "--unshare-all",
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--symlink",
+    "usr/bin",
+    "/bin",
+    "--symlink",
+    "usr/lib",
+    "/lib",
+    "--symlink",
+    "usr/lib64",
+    "/lib64",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+];
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
