@@ -120,6 +120,7 @@ fn provider(dir: &Path) -> Result<LocalProvider> {
         agent,
         helper: sibling("warren-sandbox")?,
         seccomp: true,
+        io_uring: false,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -39,6 +39,8 @@ pub struct Config {
     pub sandbox_helper: Option<PathBuf>,
     /// Install the seccomp filter in local workspaces.
     pub seccomp: bool,
+    /// Let local workspaces use io_uring (off: a large kernel surface).
+    pub io_uring: bool,
     /// Local templates that run under gVisor (runsc) instead of warren's
     /// own namespaces (`"*"`: all of them).
     pub gvisor_templates: Vec<String>,
@@ -247,6 +249,7 @@ impl Default for Config {
             agent: None,
             sandbox_helper: None,
             seccomp: true,
+            io_uring: false,
             gvisor_templates: Vec::new(),
             runsc: PathBuf::from("runsc"),
             e2b_domain: None,
@@ -493,6 +496,7 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
                 agent,
                 helper,
                 seccomp: cfg.seccomp,
+                io_uring: cfg.io_uring,
             })
             .map_err(|e| anyhow::anyhow!("local provider: {e} (use --provider process to run without isolation)"))?
             .with_gvisor(cfg.gvisor_templates.clone(), cfg.runsc.clone())

@@ -38,6 +38,7 @@ async fn cloud(dir: &std::path::Path) -> String {
             agent: warren_provider::conformance::agent_binary(),
             helper: sandbox_helper(),
             seccomp: true,
+            io_uring: false,
         })
         .expect("local provider (run as root)"),
     );
@@ -169,6 +170,7 @@ fn own_fleet(dir: &std::path::Path, max: usize) -> Arc<dyn SandboxProvider> {
         agent: warren_provider::conformance::agent_binary(),
         helper: sandbox_helper(),
         seccomp: true,
+        io_uring: false,
     })
     .unwrap();
     Arc::new(Full { inner: Arc::new(local), max })

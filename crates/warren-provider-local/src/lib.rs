@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod gvisor;
+pub mod idmap;
 pub mod network;
 pub mod oci;
 pub mod sandbox;
@@ -46,6 +47,8 @@ pub struct LocalConfig {
     pub helper: PathBuf,
     /// Install the seccomp filter (on by default).
     pub seccomp: bool,
+    /// Let workspaces use io_uring (off by default).
+    pub io_uring: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,7 +80,13 @@ pub struct LocalProvider {
     /// Templates that run under gVisor, and the runsc binary.
     gvisor_templates: Vec<String>,
     runsc: PathBuf,
+    /// User-namespace id ranges, shared by every provider on this host.
+    ids: idmap::IdRanges,
 }
+
+/// Where a workspace's id range is recorded from allocation on (before
+/// its meta.json exists), so a create cut short still frees it.
+const IDS_FILE: &str = "ids.json";
 
 fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ProviderError + '_ {
     move |e| ProviderError::Internal(format!("{what}: {e}"))
@@ -98,7 +107,10 @@ impl LocalProvider {
         }
         let cgroups = Cgroups::detect().map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         std::fs::create_dir_all(cfg.state_dir.join("workspaces")).map_err(internal("state dir"))?;
+        let ids = idmap::IdRanges::new(idmap::DEFAULT_DIR).map_err(internal("user-namespace id ranges"))?;
+        ids.collect_garbage();
         Ok(LocalProvider {
+            ids,
             cfg,
             cgroups,
             base: tokio::sync::OnceCell::new(),
@@ -206,17 +218,26 @@ impl LocalProvider {
         if let Some((pid, ticks)) = pid {
             kill_and_wait(pid, ticks)?;
         }
+        let dir = self.dir(id);
+        let range: Option<idmap::IdRange> =
+            std::fs::read(dir.join(IDS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok());
         // A gVisor workspace's state and host mounts (harmless otherwise).
         if self.dir(id).join("config.json").exists() {
             gvisor::teardown(&self.runsc, &self.runsc_state(), id.as_str(), &self.dir(id));
         }
         network::detach(id.as_str());
         self.cgroups.destroy(id.as_str()).map_err(internal("removing cgroups"))?;
-        match std::fs::remove_dir_all(self.dir(id)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ProviderError::Internal(format!("removing {id}: {e}"))),
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ProviderError::Internal(format!("removing {id}: {e}"))),
         }
+        // Only now, with its processes dead and its files gone, may another
+        // workspace get the same ids.
+        if let Some(r) = range {
+            self.ids.release(r, &dir).map_err(internal("releasing the id range"))?;
+        }
+        Ok(())
     }
 
     fn templates_dir(&self) -> PathBuf {
@@ -259,8 +280,26 @@ impl LocalProvider {
         })
     }
 
+    /// Claims a host-wide id range for the workspace in `dir` and records it there.
+    fn allocate_ids(&self, spec: &CreateSpec, dir: &Path) -> Result<idmap::IdRange> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        spec.id.as_str().hash(&mut h);
+        let range = self.ids.allocate(dir, h.finish()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::OutOfMemory => ProviderError::Capacity(e.to_string()),
+            _ => ProviderError::Internal(format!("allocating an id range: {e}")),
+        })?;
+        let raw = serde_json::to_vec(&range).map_err(|e| ProviderError::Internal(e.to_string()))?;
+        if let Err(e) = std::fs::write(dir.join(IDS_FILE), raw) {
+            let _ = self.ids.release(range, dir);
+            return Err(ProviderError::Internal(format!("recording the id range: {e}")));
+        }
+        Ok(range)
+    }
+
     async fn launch(&self, spec: &CreateSpec, dir: &Path) -> Result<(i32, u64)> {
         let tpl = self.resolve(&spec.template).await?;
+        let ids = self.allocate_ids(spec, dir)?;
         let procs = self.cgroups.create(spec.id.as_str(), &spec.size).map_err(internal("creating cgroups"))?;
         let (agent_args, agent_env) = agent_setup(spec, &tpl);
         let disk = spec.size.disk_mib as u64 * 1024 * 1024;
@@ -276,6 +315,8 @@ impl LocalProvider {
             agent_env,
             cgroup_procs: procs,
             seccomp: self.cfg.seccomp,
+            io_uring: self.cfg.io_uring,
+            ids,
         };
         let json = serde_json::to_vec(&cfg).map_err(|e| ProviderError::Internal(e.to_string()))?;
         let mut child = tokio::process::Command::new(&self.cfg.helper)

@@ -12,10 +12,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use crate::idmap::{self, IdRange};
 
 /// Everything the helper needs, passed as JSON on its stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +38,11 @@ pub struct SandboxConfig {
     /// `cgroup.procs` files to join before the namespaces are made.
     pub cgroup_procs: Vec<PathBuf>,
     pub seccomp: bool,
+    /// Allow io_uring (off by default: a large kernel surface).
+    #[serde(default)]
+    pub io_uring: bool,
+    /// The workspace's user-namespace id range.
+    pub ids: IdRange,
 }
 
 fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> io::Result<T> {
@@ -99,47 +105,170 @@ fn launch(cfg: &SandboxConfig) -> io::Result<i32> {
     for procs in &cfg.cgroup_procs {
         ctx(fs::write(procs, std::process::id().to_string()), || format!("join cgroup {}", procs.display()))?;
     }
+    // A privileged write also sets the floor (oom_score_adj_min) that the
+    // workspace inherits: nothing in it can go below 0 again.
+    ctx(fs::write("/proc/self/oom_score_adj", "0"), || "oom_score_adj of the workspace".into())?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    ctx(
-        unshare(
-            CloneFlags::CLONE_NEWNS
-                | CloneFlags::CLONE_NEWUTS
-                | CloneFlags::CLONE_NEWIPC
-                | CloneFlags::CLONE_NEWNET
-                | CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWCGROUP,
-        ),
-        || "unshare".into(),
-    )?;
-    // SAFETY: the helper is single-threaded, so the child may run arbitrary
-    // code after fork.
-    match unsafe { fork() }? {
-        ForkResult::Child => {
-            drop(err_r);
-            let err = init(cfg, listener.as_raw_fd()).unwrap_err();
-            let mut w = fs::File::from(err_w);
-            let _ = w.write_all(err.to_string().as_bytes());
-            // SAFETY: leave without running the parent's exit handlers.
-            unsafe { libc::_exit(127) }
-        }
-        ForkResult::Parent { child } => {
-            drop(err_w);
-            drop(listener);
-            let mut msg = String::new();
-            let _ = fs::File::from(err_r).read_to_string(&mut msg);
-            if !msg.is_empty() {
-                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(child, None);
-                return Err(io::Error::other(msg));
-            }
-            Ok(child.as_raw())
-        }
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // Every namespace is created together with the user namespace, so it
+    // owns them all: root inside has capabilities over its own network,
+    // mounts and processes, none over the host's.
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWCGROUP;
+    // SAFETY: the helper is single-threaded; clone with a null stack behaves
+    // like fork (the child runs on a copy of this stack), so the child may
+    // run arbitrary code.
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
+    if pid < 0 {
+        return Err(io::Error::other(format!("clone: {}", io::Error::last_os_error())));
     }
+    if pid == 0 {
+        drop(err_r);
+        drop(go_w);
+        let mut go = [0u8; 1];
+        let mut r = fs::File::from(go_r);
+        if r.read_exact(&mut go).is_err() || go[0] != b'g' {
+            // SAFETY: leave without running the parent's exit handlers.
+            unsafe { libc::_exit(1) }
+        }
+        let err = init(cfg, listener.as_raw_fd()).unwrap_err();
+        let mut w = fs::File::from(err_w);
+        let _ = w.write_all(err.to_string().as_bytes());
+        // SAFETY: leave without running the parent's exit handlers.
+        unsafe { libc::_exit(127) }
+    }
+    let child = Pid::from_raw(pid as i32);
+    drop(err_w);
+    drop(go_r);
+    drop(listener);
+    let abort = |e: io::Error| {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child, None);
+        e
+    };
+    prepare(cfg, child.as_raw()).map_err(abort)?;
+    fs::File::from(go_w).write_all(b"g").map_err(abort)?;
+    // This process stays as the workspace's reaping shim: the last the
+    // kernel's OOM killer picks.
+    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+    let mut msg = String::new();
+    let _ = fs::File::from(err_r).read_to_string(&mut msg);
+    if !msg.is_empty() {
+        return Err(abort(io::Error::other(msg)));
+    }
+    Ok(child.as_raw())
 }
 
-/// Makes `upper` and `work` in `scratch` (the writable layer's tmpfs) and
-/// returns the overlay mount options over `layers` (topmost first). The
-/// native and gVisor runtimes assemble the root alike.
+/// From the host's side: maps the workspace's ids and builds its root in
+/// its mount namespace (idmapped layers and host directories need the
+/// host's privileges; everything else the workspace's root does itself).
+fn prepare(cfg: &SandboxConfig, child: i32) -> io::Result<()> {
+    for f in ["uid_map", "gid_map"] {
+        ctx(fs::write(format!("/proc/{child}/{f}"), cfg.ids.map_line()), || format!("write {f}"))?;
+    }
+    let userns = ctx(fs::File::open(format!("/proc/{child}/ns/user")), || "open user namespace".into())?;
+    let own = ctx(fs::File::open("/proc/self/ns/mnt"), || "open own mount namespace".into())?;
+    let theirs = ctx(fs::File::open(format!("/proc/{child}/ns/mnt")), || "open mount namespace".into())?;
+    ctx(nix::sched::setns(&theirs, CloneFlags::CLONE_NEWNS), || "enter the workspace's mount namespace".into())?;
+    let built = build_root(cfg, userns.as_raw_fd());
+    ctx(nix::sched::setns(&own, CloneFlags::CLONE_NEWNS), || "return to the host's mount namespace".into())?;
+    built
+}
+
+/// Mount points the workspace needs on top of any image.
+const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", ".warren"];
+
+/// Runs in the workspace's mount namespace with the host's privileges.
+fn build_root(cfg: &SandboxConfig, userns: i32) -> io::Result<()> {
+    let rootfs = cfg.dir.join("rootfs");
+    let scratch = cfg.dir.join("scratch");
+    fs::create_dir_all(&rootfs)?;
+    fs::create_dir_all(&scratch)?;
+    mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+
+    // Writable layer: a size-limited tmpfs, so a disk filler fills only its
+    // own; idmapped, so files inside keep ordinary owners on it.
+    let mut points: Vec<PathBuf> = MOUNT_POINTS.iter().map(PathBuf::from).collect();
+    points.extend(cfg.host_binds.iter().map(|h| h.strip_prefix("/").unwrap_or(h).to_path_buf()));
+    let rw = idmap::Attrs { read_only: false, nosuid: true, nodev: true };
+    idmap::tmpfs_idmapped(&scratch, cfg.disk_bytes, rw, userns, |t| {
+        for d in ["upper", "work"] {
+            t.mkdir(Path::new(d))?;
+        }
+        // Mount points are made in the upper layer before the overlay
+        // exists (the host's own ids are not mapped in the workspace).
+        for p in &points {
+            t.mkdir_all(&Path::new("upper").join(p))?;
+        }
+        t.create_file(Path::new("upper/.warren/agent"))
+    })?;
+
+    let ro = idmap::Attrs { read_only: true, nosuid: true, nodev: true };
+    let mut lower = Vec::with_capacity(cfg.layers.len());
+    for (i, layer) in cfg.layers.iter().enumerate() {
+        let target = cfg.dir.join("lower").join(i.to_string());
+        fs::create_dir_all(&target)?;
+        idmap::bind_idmapped(layer, &target, ro, userns)?;
+        lower.push(target);
+    }
+    let opts = overlay_options(&lower, &scratch)?;
+    // overlayfs works on its layers with the credentials of whoever mounted
+    // it; through the idmapped upper layer only the workspace's ids exist,
+    // so mount it as the workspace's root (file system ids), keeping the
+    // host's capabilities.
+    let fs_root = cfg.ids.host_id(0);
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(fs_root));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(fs_root));
+    let mounted = caps::read(None, caps::CapSet::Permitted)
+        .map_err(|e| io::Error::other(format!("read capabilities: {e}")))
+        .and_then(|p| {
+            caps::set(None, caps::CapSet::Effective, &p)
+                .map_err(|e| io::Error::other(format!("raise capabilities: {e}")))
+        })
+        .and_then(|()| mnt(Some("overlay"), &rootfs, Some("overlay"), MsFlags::MS_NODEV, Some(&opts)));
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+    mounted?;
+
+    for host in &cfg.host_binds {
+        let target = rootfs.join(host.strip_prefix("/").unwrap_or(host));
+        // File systems that cannot be idmapped (9p, NFS, …) are bound as
+        // they are: read-only, their owners shown as nobody inside.
+        if idmap::bind_idmapped(host, &target, ro, userns).is_err() {
+            mnt(Some(&host.display().to_string()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+            mnt(
+                None,
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                None,
+            )?;
+        }
+    }
+
+    // The agent, read-only at a fixed path.
+    let agent_target = rootfs.join(".warren/agent");
+    mnt(Some(&cfg.agent.display().to_string()), &agent_target, None, MsFlags::MS_BIND, None)?;
+    mnt(
+        None,
+        &agent_target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Makes the overlay mount options over `layers` (topmost first), with
+/// `upper` and `work` in `scratch` (the writable layer's tmpfs). The native
+/// and gVisor runtimes assemble the root alike.
 pub(crate) fn overlay_options(layers: &[PathBuf], scratch: &Path) -> io::Result<String> {
     let (upper, work) = (scratch.join("upper"), scratch.join("work"));
     fs::create_dir_all(&upper)?;
@@ -152,62 +281,58 @@ fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, d
     ctx(mount(src, target, fstype, flags, data), || format!("mount {:?} on {}", fstype.or(src), target.display()))
 }
 
-/// Runs as PID 1 of the new namespaces; only returns on failure.
+/// Paths of /proc and /sys hidden from the workspace (the OCI runtime
+/// spec's defaults, as runc and Docker apply them).
+const MASKED: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// Paths of /proc made read-only.
+const READ_ONLY: &[&str] = &["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"];
+
+/// Runs as PID 1 of the new namespaces, root of its own user namespace;
+/// only returns on failure.
 fn init(cfg: &SandboxConfig, listen_fd: i32) -> io::Result<std::convert::Infallible> {
+    // The host has written the id maps: become root inside.
+    let root_gid = nix::unistd::Gid::from_raw(0);
+    let root_uid = nix::unistd::Uid::from_raw(0);
+    ctx(nix::unistd::setresgid(root_gid, root_gid, root_gid), || "setresgid".into())?;
+    ctx(nix::unistd::setgroups(&[]), || "setgroups".into())?;
+    ctx(nix::unistd::setresuid(root_uid, root_uid, root_uid), || "setresuid".into())?;
     let rootfs = cfg.dir.join("rootfs");
-    let scratch = cfg.dir.join("scratch");
-    fs::create_dir_all(&rootfs)?;
-    fs::create_dir_all(&scratch)?;
-    mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
-
-    // Writable layer: a size-limited tmpfs, so a disk filler fills only its own.
     let nosuid_dev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mnt(Some("tmpfs"), &scratch, Some("tmpfs"), nosuid_dev, Some(&format!("size={},mode=0755", cfg.disk_bytes)))?;
-    let opts = overlay_options(&cfg.layers, &scratch)?;
-    mnt(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(&opts))?;
+    let plain = nosuid_dev | MsFlags::MS_NOEXEC;
 
-    for host in &cfg.host_binds {
-        let rel = host.strip_prefix("/").unwrap_or(host);
-        let target = rootfs.join(rel);
-        fs::create_dir_all(&target)?;
-        mnt(Some(&host.display().to_string()), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        mnt(
-            None,
-            &target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            None,
-        )?;
-    }
-
-    // /proc of the new pid namespace; /sys read-only.
+    // /proc of the new pid namespace, with the host's knobs masked or
+    // read-only; the workspace's own network sysctls stay writable.
     let proc_dir = rootfs.join("proc");
-    fs::create_dir_all(&proc_dir)?;
-    mnt(Some("proc"), &proc_dir, Some("proc"), nosuid_dev | MsFlags::MS_NOEXEC, None)?;
+    mnt(Some("proc"), &proc_dir, Some("proc"), plain, None)?;
+    // /sys, read-only (sysfs of its own network namespace).
     let sys = rootfs.join("sys");
-    fs::create_dir_all(&sys)?;
-    let _ =
-        mount(Some("sysfs"), &sys, Some("sysfs"), nosuid_dev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY, None::<&str>);
+    let _ = mount(Some("sysfs"), &sys, Some("sysfs"), plain | MsFlags::MS_RDONLY, None::<&str>);
+    for p in MASKED {
+        mask(&rootfs.join(p))?;
+    }
+    for p in READ_ONLY {
+        read_only(&rootfs.join(p), true)?;
+    }
+    read_only(&rootfs.join("proc/sys/net"), false)?;
 
     make_dev(&rootfs.join("dev"))?;
 
     let tmp = rootfs.join("tmp");
-    fs::create_dir_all(&tmp)?;
     mnt(Some("tmpfs"), &tmp, Some("tmpfs"), nosuid_dev, Some(&format!("size={},mode=1777", cfg.tmp_bytes)))?;
-
-    // The agent, read-only at a fixed path.
-    let warren_dir = rootfs.join(".warren");
-    fs::create_dir_all(&warren_dir)?;
-    let agent_target = warren_dir.join("agent");
-    fs::write(&agent_target, b"")?;
-    mnt(Some(&cfg.agent.display().to_string()), &agent_target, None, MsFlags::MS_BIND, None)?;
-    mnt(
-        None,
-        &agent_target,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
-        None,
-    )?;
 
     ctx(nix::unistd::sethostname(&cfg.id), || "sethostname".into())?;
     let _ = fs::write(rootfs.join("etc/hostname"), format!("{}\n", cfg.id));
@@ -231,10 +356,8 @@ fn init(cfg: &SandboxConfig, listen_fd: i32) -> io::Result<std::convert::Infalli
     unsafe {
         libc::fcntl(3, libc::F_SETFD, 0);
     }
-    // Shield the agent from the OOM killer; it resets its children to 0.
-    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
 
-    crate::security::drop_privileges(cfg.seccomp)?;
+    crate::security::drop_privileges(cfg.seccomp, cfg.io_uring)?;
 
     let prog = CString::new("/.warren/agent").map_err(io::Error::other)?;
     let mut argv = vec![prog.clone(), CString::new("--listen").map_err(io::Error::other)?];
@@ -252,19 +375,47 @@ fn init(cfg: &SandboxConfig, listen_fd: i32) -> io::Result<std::convert::Infalli
     Err(io::Error::other(format!("exec agent: {e}")))
 }
 
-/// A minimal /dev: null, zero, full, random, urandom, tty, a private devpts,
-/// /dev/shm, and the usual symlinks.
+/// Hides a path: /dev/null over a file, an empty read-only tmpfs over a
+/// directory; a path this kernel does not have is skipped.
+fn mask(p: &Path) -> io::Result<()> {
+    let Ok(md) = fs::symlink_metadata(p) else { return Ok(()) };
+    if md.is_dir() {
+        mnt(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=4k,mode=0555"),
+        )
+    } else {
+        mnt(Some("/dev/null"), p, None, MsFlags::MS_BIND, None)
+    }
+}
+
+/// Binds a path over itself, read-only (or read-write again under a
+/// read-only parent).
+fn read_only(p: &Path, ro: bool) -> io::Result<()> {
+    if fs::symlink_metadata(p).is_err() {
+        return Ok(());
+    }
+    mnt(Some(&p.display().to_string()), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    let mut flags =
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if ro {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mnt(None, p, None, flags, None)
+}
+
+/// A minimal /dev: null, zero, full, random, urandom, tty (bound from the
+/// host's /dev: a user namespace cannot make device nodes), a private
+/// devpts with ptmx, /dev/shm, and the usual symlinks.
 fn make_dev(dev: &Path) -> io::Result<()> {
-    fs::create_dir_all(dev)?;
     mnt(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("size=64k,mode=0755"))?;
-    for (name, major, minor) in
-        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
-    {
+    for name in DEVICES {
         let p = dev.join(name);
-        ctx(mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor)), || {
-            format!("mknod {name}")
-        })?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o666))?;
+        fs::write(&p, b"")?;
+        mnt(Some(&format!("/dev/{name}")), &p, None, MsFlags::MS_BIND, None)?;
     }
     let pts = dev.join("pts");
     fs::create_dir_all(&pts)?;
@@ -289,6 +440,10 @@ fn make_dev(dev: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The device nodes a workspace gets (and the device cgroup allows, with
+/// ptmx and the pts range).
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Brings `lo` up in the new network namespace.
 fn loopback_up() -> io::Result<()> {

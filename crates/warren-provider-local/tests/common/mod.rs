@@ -10,6 +10,7 @@ pub fn config(dir: &Path) -> LocalConfig {
         agent: warren_provider::conformance::agent_binary(),
         helper: PathBuf::from(env!("CARGO_BIN_EXE_warren-sandbox")),
         seccomp: true,
+        io_uring: false,
     }
 }
 
