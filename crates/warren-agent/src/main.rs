@@ -167,6 +167,13 @@ async fn run(args: Args) -> ExitCode {
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
+    // Not dumpable: without CAP_SYS_PTRACE nothing in the workspace, root
+    // included, may ptrace the agent or read its memory and environment
+    // (its tokens). Commands it starts are dumpable again after exec.
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     let agent = Arc::new(Agent::new(args.config, args.settings));
     if let Err(e) = warren_agent::process::spawn_reaper(agent.clone()) {
         eprintln!("warren-agent: cannot install SIGCHLD handler: {e}");

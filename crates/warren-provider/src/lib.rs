@@ -8,6 +8,7 @@
 
 pub mod conformance;
 pub mod fake;
+pub mod probes;
 pub mod procfs;
 pub mod routing;
 
