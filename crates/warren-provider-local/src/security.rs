@@ -242,6 +242,26 @@ fn foreign_abis() -> Vec<BpfProgram> {
     Vec::new()
 }
 
+/// Installs one filter without setting no_new_privs (seccompiler's
+/// `apply_filter` sets it): allowed while the caller holds CAP_SYS_ADMIN in
+/// its user namespace.
+fn install(prog: &BpfProgram) -> io::Result<()> {
+    #[repr(C)]
+    struct SockFprog {
+        len: libc::c_ushort,
+        filter: *const seccompiler::sock_filter,
+    }
+    let len = libc::c_ushort::try_from(prog.len()).map_err(|_| io::Error::other("seccomp filter too long"))?;
+    let fprog = SockFprog { len, filter: prog.as_ptr() };
+    // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER) reads `fprog` and the
+    // instructions it points to, both alive for the call.
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const SockFprog) };
+    if r != 0 {
+        return Err(io::Error::other(format!("seccomp install: {}", io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
 /// Drops capabilities to [`KEEP`] and, if asked, installs the seccomp
 /// filters. Inherited by everything the agent starts. No `no_new_privs`:
 /// setuid programs (sudo in an image) must work inside the workspace's user
@@ -257,7 +277,7 @@ pub fn drop_privileges(seccomp: bool, io_uring: bool) -> io::Result<()> {
     caps::clear(None, CapSet::Ambient).map_err(|e| io::Error::other(format!("clear ambient: {e}")))?;
     if seccomp {
         for f in filters(io_uring)? {
-            seccompiler::apply_filter(&f).map_err(|e| io::Error::other(format!("seccomp install: {e}")))?;
+            install(&f)?;
         }
     }
     caps::set(None, CapSet::Inheritable, &HashSet::new()).map_err(|e| io::Error::other(format!("inheritable: {e}")))?;
@@ -295,7 +315,7 @@ mod tests {
                 // SAFETY: prctl with integer arguments.
                 unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
                 for p in &progs {
-                    if seccompiler::apply_filter(p).is_err() {
+                    if install(p).is_err() {
                         // SAFETY: leave the forked child at once.
                         unsafe { libc::_exit(90) }
                     }

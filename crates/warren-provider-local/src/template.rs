@@ -1,7 +1,8 @@
 //! The `base` template: a root made from the host's own system directories.
 //!
-//! The template's root holds its own `/etc` (a copy of the host's without
-//! secrets, with warren's passwd/group/shadow), an empty home for `user`
+//! The template's root holds its own `/etc` (the host's entries on an
+//! allow-list of configuration that carries no secrets, with warren's own
+//! passwd/group/shadow, hosts and hostname), an empty home for `user`
 //! (uid 1000) and `root`, and mount points for the host's system directories
 //! (`/usr`, and `/bin`, `/lib`… where they are not symlinks), which every
 //! workspace bind-mounts read-only. Nothing is downloaded.
@@ -12,40 +13,118 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Bump when the layout changes: older builds are rebuilt.
-const VERSION: &str = "base-v1";
+const VERSION: &str = "base-v2";
 
 /// Host directories shared read-only with every workspace, when they are
 /// real directories on this host.
 const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
-/// Host `/etc` entries never copied into a template.
-const ETC_DENY: &[&str] = &[
-    "shadow",
-    "shadow-",
-    "gshadow",
-    "gshadow-",
-    "passwd-",
-    "group-",
-    "subuid",
-    "subuid-",
-    "subgid",
-    "subgid-",
-    "sudoers",
-    "sudoers.d",
-    "ssh",
-    "ssl/private",
-    "machine-id",
-    "hostname",
-    "hosts",
-    "mtab",
-    "security/opasswd",
-    "docker",
-    "containerd",
-    "wireguard",
-    "NetworkManager/system-connections",
-    "credstore",
-    "credstore.encrypted",
+/// Host `/etc` entries copied into the base template: what the host's tools
+/// under the shared /usr need to run (loader, name service, certificates,
+/// alternatives, shells, PAM, locales, package-manager and language
+/// configuration). Anything else, a secret a host operator put there
+/// included, never reaches a workspace. An entry ending in `*` matches by
+/// prefix; directories are copied whole unless [`ETC_NEVER`] says otherwise.
+/// docs/local-provider.md lists the same set.
+pub const ETC_ALLOW: &[&str] = &[
+    // Loader and name service.
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "resolv.conf",
+    "services",
+    "protocols",
+    "networks",
+    "ethertypes",
+    "rpc",
+    // Time and locale.
+    "localtime",
+    "timezone",
+    "locale.alias",
+    "locale.gen",
+    "locale.conf",
+    // TLS: public certificates and the OpenSSL configuration only.
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "pki/tls/certs",
+    "pki/ca-trust",
+    // Debian's alternatives (/usr/bin/awk and the like point here).
+    "alternatives",
+    // Shells and login environment.
+    "profile",
+    "profile.d",
+    "bash.bashrc",
+    "bash_completion",
+    "bash_completion.d",
+    "shells",
+    "skel",
+    "inputrc",
+    "login.defs",
+    "terminfo",
+    "pam.conf",
+    "pam.d",
+    "security/limits.conf",
+    "security/limits.d",
+    "security/pam_env.conf",
+    "security/namespace.conf",
+    "security/access.conf",
+    "security/group.conf",
+    "security/time.conf",
+    "adduser.conf",
+    "deluser.conf",
+    // The system's identity.
+    "os-release",
+    "debian_version",
+    "lsb-release",
+    "issue",
+    // Data files many tools read.
+    "mime.types",
+    "mailcap",
+    "magic",
+    "magic.mime",
+    "manpath.config",
+    "xattr.conf",
+    "fonts",
+    "xml",
+    "sgml",
+    "iproute2",
+    "libnl-3",
+    // Package managers (no credentials: auth.conf.d is never copied).
+    "apt",
+    "dpkg",
+    "debconf.conf",
+    "ucf.conf",
+    // Language runtimes and editors from the shared /usr.
+    "python3*",
+    "perl",
+    "java-*",
+    "vim",
+    "nanorc",
+    "gdb",
+    "mke2fs.conf",
 ];
+
+/// Never copied, even inside an allowed directory.
+const ETC_NEVER: &[&str] = &["apt/auth.conf", "apt/auth.conf.d", "ssl/private", "pki/tls/private"];
+
+fn etc_allowed(rel: &Path) -> bool {
+    let s = rel.to_string_lossy();
+    ETC_ALLOW.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => !s.contains('/') && s.starts_with(prefix),
+        None => s == *a,
+    })
+}
+
+/// True if `rel` lies on the way to an allowed entry (a directory such as
+/// `ssl` or `security` of which only some entries are copied).
+fn etc_on_the_way(rel: &Path) -> bool {
+    ETC_ALLOW.iter().any(|a| Path::new(a).starts_with(rel) && Path::new(a) != rel)
+}
 
 /// A built template: the lower layer and the host directories to bind.
 #[derive(Debug, Clone)]
@@ -140,24 +219,48 @@ fn build_base(r: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Copies the allowed part of the host's /etc (see [`ETC_ALLOW`]).
 fn copy_etc(src: &Path, dst: &Path, rel: &Path) -> io::Result<()> {
+    copy_tree(src, dst, rel, &|r| etc_allowed(r), &|r| etc_on_the_way(r))
+}
+
+fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    rel: &Path,
+    allowed: &dyn Fn(&Path) -> bool,
+    on_the_way: &dyn Fn(&Path) -> bool,
+) -> io::Result<()> {
     mkdir(dst, fs::symlink_metadata(src).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o755))?;
     for e in fs::read_dir(src)?.flatten() {
         let name = e.file_name();
         let r = rel.join(&name);
-        if ETC_DENY.iter().any(|d| Path::new(d) == r) {
+        if ETC_NEVER.iter().any(|d| Path::new(d) == r) {
             continue;
         }
         let from = e.path();
         let to = dst.join(&name);
         let Ok(meta) = fs::symlink_metadata(&from) else { continue };
         let ft = meta.file_type();
-        if ft.is_symlink() {
+        if !allowed(&r) {
+            if ft.is_dir() && on_the_way(&r) {
+                copy_tree(&from, &to, &r, allowed, on_the_way)?;
+            }
+            continue;
+        }
+        if ft.is_symlink() && r == Path::new("resolv.conf") {
+            // Often a link into /run (systemd-resolved), which workspaces
+            // do not have: copy what it says.
+            if let Ok(text) = fs::read(&from) {
+                fs::write(&to, text)?;
+            }
+        } else if ft.is_symlink() {
             if let Ok(t) = fs::read_link(&from) {
                 let _ = symlink(t, &to);
             }
         } else if ft.is_dir() {
-            copy_etc(&from, &to, &r)?;
+            // Everything below an allowed directory is allowed.
+            copy_tree(&from, &to, &r, &|_| true, &|_| false)?;
         } else if ft.is_file() {
             // Unreadable files (keys and the like) are skipped, not fatal.
             if fs::copy(&from, &to).is_ok() {
@@ -206,4 +309,44 @@ fn write_accounts(etc: &Path) -> io::Result<()> {
     fs::write(etc.join("shadow"), shadow)?;
     fs::set_permissions(etc.join("shadow"), fs::Permissions::from_mode(0o640))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_etc_allow_list_takes_configuration_and_leaves_secrets() {
+        for ok in
+            ["ld.so.cache", "ssl/certs", "python3", "python3.11", "java-17-openjdk", "pam.d", "security/limits.conf"]
+        {
+            assert!(etc_allowed(Path::new(ok)), "{ok} is copied");
+        }
+        for no in
+            ["shadow", "warren.toml", "ssl/private", "ssh", "sudoers", "security/opasswd", "docker", "environment"]
+        {
+            assert!(!etc_allowed(Path::new(no)), "{no} is not copied");
+        }
+        assert!(etc_on_the_way(Path::new("ssl")));
+        assert!(etc_on_the_way(Path::new("security")));
+        assert!(!etc_on_the_way(Path::new("ssh")));
+        // Inside an allowed directory, the never-list still holds.
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("apt/auth.conf.d")).unwrap();
+        fs::write(src.path().join("apt/auth.conf.d/key"), "secret").unwrap();
+        fs::write(src.path().join("apt/sources.list"), "deb x").unwrap();
+        fs::create_dir_all(src.path().join("ssl/private")).unwrap();
+        fs::write(src.path().join("ssl/private/key.pem"), "secret").unwrap();
+        fs::create_dir_all(src.path().join("ssl/certs")).unwrap();
+        fs::write(src.path().join("ssl/certs/ca.pem"), "public").unwrap();
+        fs::write(src.path().join("warren.toml"), "secret").unwrap();
+        copy_etc(src.path(), &dst.path().join("etc"), Path::new("")).unwrap();
+        let etc = dst.path().join("etc");
+        assert!(etc.join("apt/sources.list").exists());
+        assert!(etc.join("ssl/certs/ca.pem").exists());
+        assert!(!etc.join("apt/auth.conf.d").exists());
+        assert!(!etc.join("ssl/private").exists());
+        assert!(!etc.join("warren.toml").exists());
+    }
 }

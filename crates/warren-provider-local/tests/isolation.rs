@@ -72,8 +72,26 @@ async fn namespaces_hostname_proc_and_users() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_files_and_secrets_stay_out_of_reach() {
     let dir = tempfile::tempdir().unwrap();
+    // Secrets a host operator keeps under /etc, placed before the base
+    // template is built: none may reach a workspace.
+    let tag = warren_core::random_token(10).to_lowercase();
+    let canaries = [format!("/etc/warren-canary-{tag}.toml"), format!("/etc/ssl/private/warren-canary-{tag}.pem")];
+    for c in &canaries {
+        if let Some(d) = std::path::Path::new(c).parent() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(c, format!("api_key = \"{tag}\"")).unwrap();
+        assert!(std::fs::read_to_string(c).unwrap().contains(&tag), "control: the host reads {c}");
+    }
     let p = common::provider(dir.path());
     let w = create(&p, small()).await;
+    for c in &canaries {
+        let _ = std::fs::remove_file(c);
+    }
+    let found = sh(&w.root, &format!("grep -rl {tag} /etc 2>/dev/null; ls /etc/ssl/private 2>/dev/null; true")).await;
+    assert!(found.is_empty(), "host secrets under /etc reached the workspace: {found}");
+    // What the host's tools need is there: certificates, the loader cache, alternatives.
+    assert_eq!(sh(&w.root, "test -s /etc/ld.so.cache && test -d /etc/ssl/certs && echo ok").await, "ok");
     let marker = format!("/root/warren-host-marker-{}", std::process::id());
     std::fs::write(&marker, "host secret").unwrap();
     assert_eq!(sh(&w.root, &format!("cat {marker} 2>/dev/null || echo missing")).await, "missing");
@@ -105,8 +123,13 @@ async fn host_files_and_secrets_stay_out_of_reach() {
     assert_eq!(mask & (1 << 21), 0, "CAP_SYS_ADMIN must be gone: {status}");
     assert_eq!(mask & (1 << 19), 0, "CAP_SYS_PTRACE must be gone: {status}");
     assert_eq!(mask & (1 << 16), 0, "CAP_SYS_MODULE must be gone: {status}");
-    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert_eq!(mask & (1 << 27), 0, "CAP_MKNOD must be gone: {status}");
+    // No no_new_privs: setuid works inside the user namespace (sudo in an
+    // image), where it gains nothing beyond the workspace's own root.
+    assert!(status.contains("NoNewPrivs:\t0"), "{status}");
     assert!(status.contains("Seccomp:\t2"), "{status}");
+    sh(&w.root, "cp /usr/bin/id /opt/suid-id && chmod 4755 /opt/suid-id").await;
+    assert_eq!(sh(&w.user, "id -u; /opt/suid-id -u").await, "1000\n0", "a setuid-root program runs as root inside");
     p.destroy(&w.info.id).await.unwrap();
 }
 
