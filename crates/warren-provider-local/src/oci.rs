@@ -165,8 +165,13 @@ fn import_in(
         serde_json::from_slice(&fs::read(&config_path)?).map_err(|e| err(format!("image config: {e}")))?;
     let run = cfg.config.unwrap_or_default();
 
+    // Images may hold setuid programs and anything else: the store is the
+    // host's root's alone.
+    fs::create_dir_all(root)?;
+    fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let layers_dir = root.join("layers");
     fs::create_dir_all(&layers_dir)?;
+    fs::set_permissions(&layers_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let mut digests = Vec::new();
     for (i, lp) in layer_paths.iter().enumerate() {
         let mut h = sha2::Sha256::new();
@@ -180,7 +185,10 @@ fn import_in(
             let tmp = layers_dir.join(format!(".{digest}.tmp"));
             let _ = fs::remove_dir_all(&tmp);
             fs::create_dir_all(&tmp)?;
-            unpack_layer(lp, &tmp).map_err(|e| invalid_unless_io(e, &format!("layer {}", &digest[..12])))?;
+            if let Err(e) = unpack_layer(lp, &tmp) {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(invalid_unless_io(e, &format!("layer {}", &digest[..12])));
+            }
             fs::rename(&tmp, &dst)?;
         }
         digests.push(digest);
@@ -246,46 +254,331 @@ fn invalid_unless_io(e: io::Error, what: &str) -> io::Error {
 }
 
 /// Unpacks one layer, turning whiteouts into overlayfs whiteouts.
+///
+/// Every path is resolved inside `dst` by the kernel (openat2 with
+/// RESOLVE_IN_ROOT): a symlink an earlier entry made, `evil -> /etc` say,
+/// resolves to `dst/etc`, never to the host's. Hard links must point at a
+/// file inside the layer. Device nodes are dropped (a workspace gets its
+/// devices from warren, and its layers are mounted nodev); FIFOs are kept.
 fn unpack_layer(layer: &Path, dst: &Path) -> io::Result<()> {
+    let root = Root::open(dst)?;
     let mut a = tar::Archive::new(open_maybe_gz(layer)?);
-    a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(true);
-    a.set_unpack_xattrs(false);
-    a.set_overwrite(true);
+    let mut dirs = Vec::new();
     for entry in a.entries()? {
         let mut e = entry?;
         let path = e.path()?.into_owned();
         let Some(rel) = safe_rel(&path) else { continue };
-        let file = rel.file_name().and_then(|f| f.to_str()).unwrap_or("");
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else { continue };
+        let name = name.to_os_string();
+        let h = e.header();
+        let (mode, uid, gid) = (h.mode()? & 0o7777, h.uid()? as u32, h.gid()? as u32);
+        let mtime = h.mtime().unwrap_or(0) as i64;
+        let kind = h.entry_type();
+        let pdir = root.dir(parent)?;
+        let file = name.to_str().unwrap_or("");
         if let Some(hidden) = file.strip_prefix(".wh.") {
-            let parent = dst.join(rel.parent().unwrap_or(Path::new("")));
-            fs::create_dir_all(&parent)?;
             if hidden == ".wh..opq" {
-                set_opaque(&parent)?;
+                pdir.set_opaque()?;
             } else {
-                let target = parent.join(hidden);
-                let _ = fs::remove_file(&target);
-                nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
-                    .map_err(|e| io::Error::other(format!("whiteout {}: {e}", target.display())))?;
+                pdir.remove(hidden.as_ref())?;
+                pdir.mknod_whiteout(hidden.as_ref())?;
             }
             continue;
         }
-        // unpack_in refuses paths that would leave `dst`.
-        e.unpack_in(dst)?;
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => {
+                pdir.mkdir(&name)?;
+                dirs.push((rel.clone(), mode, uid, gid, mtime));
+            }
+            T::Regular | T::Continuous | T::GNUSparse => {
+                pdir.remove(&name)?;
+                let mut f = pdir.create(&name)?;
+                io::copy(&mut e, &mut f)?;
+                pdir.finish(&name, Some(&f), mode, uid, gid, mtime)?;
+            }
+            T::Symlink => {
+                let target = e.link_name()?.ok_or_else(|| err(format!("{}: symlink without target", rel.display())))?;
+                pdir.remove(&name)?;
+                pdir.symlink(&target, &name)?;
+                pdir.finish(&name, None, 0, uid, gid, mtime)?;
+            }
+            T::Link => {
+                let target =
+                    e.link_name()?.ok_or_else(|| err(format!("{}: hard link without target", rel.display())))?;
+                // Link targets name a path from the layer's root.
+                let target = safe_rel(target.strip_prefix("/").unwrap_or(&target))
+                    .ok_or_else(|| err(format!("{}: hard link leaves the layer", rel.display())))?;
+                pdir.remove(&name)?;
+                root.hard_link(&target, &pdir, &name)?;
+            }
+            T::Fifo => {
+                pdir.remove(&name)?;
+                pdir.mkfifo(&name)?;
+                pdir.finish(&name, None, mode, uid, gid, mtime)?;
+            }
+            // Device nodes and anything unknown are not unpacked.
+            _ => {}
+        }
+    }
+    // Directory modes last, deepest first, so a read-only directory does
+    // not stop its own contents from being written.
+    dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+    for (rel, mode, uid, gid, mtime) in dirs {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else { continue };
+        root.dir(parent)?.finish(name, None, mode, uid, gid, mtime)?;
     }
     Ok(())
 }
 
-fn set_opaque(dir: &Path) -> io::Result<()> {
+/// A layer's root directory; paths below it are resolved by the kernel
+/// without ever leaving it.
+struct Root(std::os::fd::OwnedFd);
+
+/// A directory inside a [`Root`].
+struct Dir(std::os::fd::OwnedFd);
+
+fn c_path(p: &Path) -> io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: valid NUL-terminated path and attribute name; the value is a
-    // one-byte buffer that lives for the call.
-    let rc = unsafe { libc::setxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| err(format!("{}: NUL in path", p.display())))
+}
+
+fn os_err(what: &str, p: &Path) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+}
+
+fn owned(fd: libc::c_long, what: &str, p: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    if fd < 0 {
+        return Err(os_err(what, p));
     }
-    Ok(())
+    // SAFETY: the kernel just returned this descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl Root {
+    fn open(dst: &Path) -> io::Result<Root> {
+        let c = c_path(dst)?;
+        // SAFETY: open with a valid C string.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) };
+        Ok(Root(owned(fd as libc::c_long, "open", dst)?))
+    }
+
+    fn resolve(&self, rel: &Path, flags: i32) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsRawFd as _;
+        let c = c_path(if rel.as_os_str().is_empty() { Path::new(".") } else { rel })?;
+        /// struct open_how of openat2(2).
+        #[repr(C)]
+        struct OpenHow {
+            flags: u64,
+            mode: u64,
+            resolve: u64,
+        }
+        let how = OpenHow {
+            flags: (flags | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: openat2 with a valid directory descriptor, C string and a
+        // correctly sized open_how.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.0.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        owned(fd, "resolve", rel)
+    }
+
+    /// The directory `rel` (made, with its parents, when missing; a
+    /// dangling symlink on the way gets its target made inside the root).
+    fn dir(&self, rel: &Path) -> io::Result<Dir> {
+        self.dir_within(rel, 0)
+    }
+
+    fn dir_within(&self, rel: &Path, depth: u32) -> io::Result<Dir> {
+        const DIR: i32 = libc::O_DIRECTORY | libc::O_RDONLY;
+        if depth > 40 {
+            return Err(err(format!("{}: too many levels of symbolic links", rel.display())));
+        }
+        match self.resolve(rel, DIR) {
+            Ok(fd) => Ok(Dir(fd)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else { return Err(e) };
+                let pdir = self.dir_within(parent, depth + 1)?;
+                match pdir.read_link(name) {
+                    Some(target) => {
+                        // Where the link points, read from the layer's root.
+                        let base = if target.is_absolute() { PathBuf::new() } else { parent.to_path_buf() };
+                        self.dir_within(&lexical_in_root(&base, &target), depth + 1)?;
+                    }
+                    None => pdir.mkdir(name)?,
+                }
+                Ok(Dir(self.resolve(rel, DIR)?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn hard_link(&self, target: &Path, dir: &Dir, name: &std::ffi::OsStr) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let src = self.resolve(target, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let c = c_path(Path::new(name))?;
+        // SAFETY: linkat from a descriptor we own (AT_EMPTY_PATH) into a
+        // directory descriptor we own.
+        let r =
+            unsafe { libc::linkat(src.as_raw_fd(), c"".as_ptr(), dir.0.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH) };
+        if r < 0 {
+            return Err(os_err("hard link to", target));
+        }
+        Ok(())
+    }
+}
+
+/// `base/target` with `.` and `..` applied, never above the root.
+fn lexical_in_root(base: &Path, target: &Path) -> PathBuf {
+    let mut out = base.to_path_buf();
+    for c in target.components() {
+        match c {
+            Component::Normal(x) => out.push(x),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir => out = PathBuf::new(),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Dir {
+    fn read_link(&self, name: &std::ffi::OsStr) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let c = c_path(Path::new(name)).ok()?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: readlinkat into a buffer we own, relative to our directory descriptor.
+        let n = unsafe { libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        (n > 0).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..n as usize])))
+    }
+
+    fn raw(&self) -> i32 {
+        use std::os::fd::AsRawFd as _;
+        self.0.as_raw_fd()
+    }
+
+    fn mkdir(&self, name: &std::ffi::OsStr) -> io::Result<()> {
+        let c = c_path(Path::new(name))?;
+        // SAFETY: mkdirat relative to our directory descriptor.
+        if unsafe { libc::mkdirat(self.raw(), c.as_ptr(), 0o755) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(os_err("mkdir", Path::new(name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a non-directory entry (an older layer's file this one replaces).
+    fn remove(&self, name: &std::ffi::OsStr) -> io::Result<()> {
+        let c = c_path(Path::new(name))?;
+        // SAFETY: unlinkat relative to our directory descriptor.
+        if unsafe { libc::unlinkat(self.raw(), c.as_ptr(), 0) } < 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EISDIR)) {
+                return Err(os_err("remove", Path::new(name)));
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self, name: &std::ffi::OsStr) -> io::Result<fs::File> {
+        let c = c_path(Path::new(name))?;
+        // SAFETY: openat relative to our directory descriptor; O_NOFOLLOW
+        // and O_EXCL: a fresh file, never through a link.
+        let fd = unsafe {
+            libc::openat(
+                self.raw(),
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        Ok(fs::File::from(owned(fd as libc::c_long, "create", Path::new(name))?))
+    }
+
+    fn symlink(&self, target: &Path, name: &std::ffi::OsStr) -> io::Result<()> {
+        let (t, c) = (c_path(target)?, c_path(Path::new(name))?);
+        // SAFETY: symlinkat relative to our directory descriptor.
+        if unsafe { libc::symlinkat(t.as_ptr(), self.raw(), c.as_ptr()) } < 0 {
+            return Err(os_err("symlink", Path::new(name)));
+        }
+        Ok(())
+    }
+
+    fn mkfifo(&self, name: &std::ffi::OsStr) -> io::Result<()> {
+        let c = c_path(Path::new(name))?;
+        // SAFETY: mkfifoat relative to our directory descriptor.
+        if unsafe { libc::mkfifoat(self.raw(), c.as_ptr(), 0o600) } < 0 {
+            return Err(os_err("mkfifo", Path::new(name)));
+        }
+        Ok(())
+    }
+
+    /// An overlayfs whiteout: a 0/0 character device (the only device a
+    /// layer may hold).
+    fn mknod_whiteout(&self, name: &std::ffi::OsStr) -> io::Result<()> {
+        let c = c_path(Path::new(name))?;
+        // SAFETY: mknodat relative to our directory descriptor.
+        if unsafe { libc::mknodat(self.raw(), c.as_ptr(), libc::S_IFCHR, 0) } < 0 {
+            return Err(os_err("whiteout", Path::new(name)));
+        }
+        Ok(())
+    }
+
+    fn set_opaque(&self) -> io::Result<()> {
+        // SAFETY: fsetxattr on our directory descriptor with a one-byte value.
+        let rc = unsafe { libc::fsetxattr(self.raw(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        if rc != 0 {
+            return Err(os_err("opaque marker on", Path::new(".")));
+        }
+        Ok(())
+    }
+
+    /// Owner, mode (not for symlinks) and modification time of an entry.
+    fn finish(
+        &self,
+        name: &std::ffi::OsStr,
+        file: Option<&fs::File>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: i64,
+    ) -> io::Result<()> {
+        let c = c_path(Path::new(name))?;
+        let p = Path::new(name);
+        // SAFETY: *at calls relative to our directory descriptor, never following a final symlink.
+        unsafe {
+            if libc::fchownat(self.raw(), c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) < 0 {
+                return Err(os_err("chown", p));
+            }
+            let is_link = file.is_none() && {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstatat(self.raw(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
+                    && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+            };
+            if !is_link && libc::fchmodat(self.raw(), c.as_ptr(), mode, 0) < 0 {
+                return Err(os_err("chmod", p));
+            }
+            let t = libc::timespec { tv_sec: mtime, tv_nsec: 0 };
+            let times = [t, t];
+            libc::utimensat(self.raw(), c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW);
+        }
+        Ok(())
+    }
 }
 
 /// Reads an imported template.

@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use warren_core::{random_token, Size, WorkspaceId};
@@ -162,4 +163,104 @@ async fn bad_archives_and_names_are_refused() {
     assert!(matches!(p.import_template("base", &empty).await, Err(ProviderError::InvalidSpec(_))));
     assert!(matches!(p.import_template("Bad Name", &empty).await, Err(ProviderError::InvalidSpec(_))));
     assert_eq!(p.templates().await.unwrap().len(), 1, "nothing was added");
+}
+
+/// A layer written to attack the host through the importer: a symlink to a
+/// host directory, then whiteouts, an opaque marker and files through it; a
+/// hard link through it; a block device node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malicious_layer_cannot_touch_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let hp = host.path();
+    std::fs::write(hp.join("victim.txt"), "host file").unwrap();
+    std::fs::create_dir(hp.join("sub")).unwrap();
+    std::fs::write(hp.join("sub/inner.txt"), "host inner").unwrap();
+    let host_dir = hp.display().to_string();
+
+    let mut l = tar::Builder::new(Vec::new());
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    link.set_uid(0);
+    link.set_gid(0);
+    link.set_mode(0o777);
+    link.set_mtime(1_700_000_000);
+    l.append_link(&mut link, "evil", &host_dir).unwrap();
+    add_file(&mut l, "evil/.wh.victim.txt", b"", 0o644);
+    add_file(&mut l, "evil/sub/.wh..wh..opq", b"", 0o644);
+    add_file(&mut l, "evil/planted.txt", b"planted", 0o644);
+    add_file(&mut l, "bin/sh", &std::fs::read("/usr/bin/dash").unwrap(), 0o755);
+    let mut dev = tar::Header::new_gnu();
+    dev.set_entry_type(tar::EntryType::Block);
+    dev.set_size(0);
+    dev.set_uid(0);
+    dev.set_gid(0);
+    dev.set_mode(0o666);
+    dev.set_device_major(8).unwrap();
+    dev.set_device_minor(0).unwrap();
+    dev.set_mtime(1_700_000_000);
+    l.append_data(&mut dev, "disk", &[][..]).unwrap();
+    let layer = l.into_inner().unwrap();
+    let archive = |layer: &[u8], name: &str| {
+        let config = serde_json::json!({"config": {"Env": ["PATH=/bin"]}});
+        let manifest = serde_json::json!([{"Config": "config.json", "Layers": ["l/layer.tar"]}]);
+        let mut outer = tar::Builder::new(Vec::new());
+        add_file(&mut outer, "manifest.json", manifest.to_string().as_bytes(), 0o644);
+        add_file(&mut outer, "config.json", config.to_string().as_bytes(), 0o644);
+        add_file(&mut outer, "l/layer.tar", layer, 0o644);
+        let path = dir.path().join(name);
+        std::fs::write(&path, outer.into_inner().unwrap()).unwrap();
+        path
+    };
+    let p = common::provider(dir.path());
+    p.import_template("evil", &archive(&layer, "evil.tar")).await.expect("the layer imports, confined to itself");
+    let host_untouched = || {
+        assert_eq!(std::fs::read_to_string(hp.join("victim.txt")).unwrap(), "host file", "host file replaced");
+        assert!(std::fs::symlink_metadata(hp.join("victim.txt")).unwrap().file_type().is_file());
+        assert_eq!(std::fs::read_to_string(hp.join("sub/inner.txt")).unwrap(), "host inner");
+        assert!(!hp.join("planted.txt").exists(), "a file was planted on the host");
+        let c = std::ffi::CString::new(format!("{host_dir}/sub")).unwrap();
+        let mut buf = [0u8; 8];
+        // SAFETY: lgetxattr into a buffer we own.
+        let n = unsafe {
+            libc::lgetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        assert!(n < 0, "an opaque marker was set on a host directory");
+    };
+    host_untouched();
+    // What the layer asked for happened inside the layer, and the device was dropped.
+    let layers = dir.path().join("templates/layers");
+    let store = std::fs::read_dir(&layers).unwrap().flatten().next().unwrap().path();
+    assert!(store.join(hp.strip_prefix("/").unwrap()).join("planted.txt").exists());
+    assert!(!store.join("disk").exists(), "device nodes are not unpacked");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("templates")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the layer store is root's alone");
+    assert_eq!(std::fs::metadata(&layers).unwrap().permissions().mode() & 0o777, 0o700);
+
+    // A hard link through the symlink to a host file: refused, nothing changes.
+    let mut l = tar::Builder::new(Vec::new());
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    link.set_uid(0);
+    link.set_gid(0);
+    link.set_mode(0o777);
+    l.append_link(&mut link, "evil", &host_dir).unwrap();
+    let mut hard = tar::Header::new_gnu();
+    hard.set_entry_type(tar::EntryType::Link);
+    hard.set_size(0);
+    hard.set_uid(0);
+    hard.set_gid(0);
+    hard.set_mode(0o644);
+    l.append_link(&mut hard, "stolen", "evil/victim.txt").unwrap();
+    let before = std::fs::read_dir(&layers).unwrap().count();
+    match p.import_template("evil2", &archive(&l.into_inner().unwrap(), "evil2.tar")).await {
+        Err(ProviderError::InvalidSpec(m)) => assert!(m.contains("stolen") || m.contains("victim"), "{m}"),
+        other => panic!("a hard link out of the layer must be refused: {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), before, "no partial layer is kept");
+    assert_eq!(std::fs::metadata(hp.join("victim.txt")).unwrap().nlink(), 1, "no link to the host file");
+    host_untouched();
 }
