@@ -323,7 +323,7 @@ fn unpack_layer(layer: &Path, dst: &Path) -> io::Result<()> {
     }
     // Directory modes last, deepest first, so a read-only directory does
     // not stop its own contents from being written.
-    dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
     for (rel, mode, uid, gid, mtime) in dirs {
         let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else { continue };
         root.dir(parent)?.finish(name, None, mode, uid, gid, mtime)?;
