@@ -268,3 +268,34 @@ async fn destroy_and_crash_leave_nothing_behind() {
 fn unsafe_kill(pid: i32) {
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
 }
+
+/// The device cgroup (v1 controller or v2 eBPF program) lets a workspace's
+/// processes open only its own devices: a host root process moved into a
+/// workspace's cgroups can no longer read a block device it read before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_cgroup_allows_only_the_workspace_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::provider(dir.path());
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
+    let o = std::process::Command::new("losetup").args(["-f", "--show"]).arg(&img).output().unwrap();
+    assert!(o.status.success(), "losetup: {}", String::from_utf8_lossy(&o.stderr));
+    let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let id = format!("devtest{}", random_token(8).to_lowercase());
+    let procs = p.cgroups().create(&id, &small()).unwrap();
+    let join: String = procs.iter().map(|p| format!("echo $$ > {}; ", p.display())).collect();
+    let probe = |prefix: &str| {
+        let script = format!(
+            "{prefix} head -c 1 /dev/null && echo null:ok; head -c 1 /dev/urandom >/dev/null && echo urandom:ok; \
+             head -c 1 {dev} >/dev/null 2>&1 && echo disk:read || echo disk:denied"
+        );
+        let o = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let outside = probe("");
+    let inside = probe(&join);
+    p.cgroups().destroy(&id).unwrap();
+    let _ = std::process::Command::new("losetup").args(["-d", &dev]).status();
+    assert_eq!(outside, "null:ok\nurandom:ok\ndisk:read", "control: the host reads the device");
+    assert_eq!(inside, "null:ok\nurandom:ok\ndisk:denied", "inside the workspace's cgroups");
+}
