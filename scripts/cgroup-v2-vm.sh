@@ -14,7 +14,7 @@
 # Environment: WARREN_VM_CACHE (kernel and initramfs, default
 # /var/cache/warren-vm), WARREN_VM_TIMEOUT (seconds, default 1500),
 # WARREN_VM_TESTS (test targets of warren-provider-local, default
-# all of them: "isolation conformance network oci").
+# all of them: "isolation conformance network oci probes").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -26,6 +26,7 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
 command -v depmod >/dev/null || need+=(kmod)
 command -v cpio >/dev/null || need+=(cpio)
+command -v xz >/dev/null || need+=(xz-utils)
 if [ ${#need[@]} -gt 0 ]; then
   step "packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -36,17 +37,25 @@ fi
 cache=${WARREN_VM_CACHE:-/var/cache/warren-vm}
 mkdir -p "$cache"
 
-# Debian's current generic kernel (it has 9p; the cloud flavour does not).
-kernel_package() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+# Debian's generic kernel (it has 9p; the cloud flavour does not), from
+# bookworm-backports: workspaces need idmapped mounts of tmpfs (Linux 6.3+),
+# which bookworm's own 6.1 lacks. The backports index lives in the cache
+# with its own apt configuration: the host's sources stay as they are.
+mkdir -p "$cache/apt/lists/partial" "$cache/apt/archives/partial"
+echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$cache/apt/sources.list"
+bpo=(-o "Dir::Etc::SourceList=$cache/apt/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
+  -o "Dir::State::Lists=$cache/apt/lists" -o "Dir::Cache::Archives=$cache/apt/archives"
+  -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
+kernel_package() { apt-cache "${bpo[@]}" depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
 kpkg=$(kernel_package)
-[ -n "$kpkg" ] || { apt-get update -qq && kpkg=$(kernel_package); }
-[ -n "$kpkg" ] || { echo "cgroup-v2-vm: no kernel package behind linux-image-amd64 (apt-get update?)" >&2; exit 1; }
+[ -n "$kpkg" ] || { apt-get "${bpo[@]}" update -qq && kpkg=$(kernel_package); }
+[ -n "$kpkg" ] || { echo "cgroup-v2-vm: no kernel package behind linux-image-amd64 in bookworm-backports" >&2; exit 1; }
 kver=${kpkg#linux-image-}
 kdir=$cache/$kpkg
 if [ ! -f "$kdir/boot/vmlinuz-$kver" ]; then
   step "kernel $kpkg"
   rm -rf "$kdir" "$cache"/*.deb
-  (cd "$cache" && apt-get download "$kpkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  (cd "$cache" && apt-get "${bpo[@]}" download "$kpkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
   deb=$(ls "$cache/${kpkg}"_*.deb)
   dpkg-deb -x "$deb" "$kdir.tmp"
   depmod -b "$kdir.tmp" "$kver"
@@ -64,8 +73,14 @@ if [ ! -f "$initrd" ]; then
   for m in virtio_pci 9pnet_virtio 9p; do
     modprobe -d "$kdir" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
   done | awk '!seen[$0]++' | while read -r f; do
-    cp "$f" "$ir/lib/modules/"
-    basename "$f" .ko >>"$ir/lib/modules/order"
+    # busybox's insmod takes plain modules; newer kernels ship them compressed.
+    m=$(basename "$f"); m=${m%.xz}; m=${m%.zst}; m=${m%.ko}
+    case $f in
+      *.xz) xz -dc "$f" >"$ir/lib/modules/$m.ko" ;;
+      *.zst) zstd -qdc "$f" >"$ir/lib/modules/$m.ko" ;;
+      *) cp "$f" "$ir/lib/modules/$m.ko" ;;
+    esac
+    echo "$m" >>"$ir/lib/modules/order"
   done
   cat >"$ir/init" <<'EOF'
 #!/bin/busybox sh
@@ -88,7 +103,7 @@ fi
 
 step "test binaries"
 scripts/build-agent.sh >/dev/null
-tests=${WARREN_VM_TESTS:-isolation conformance network oci}
+tests=${WARREN_VM_TESTS:-isolation conformance network oci probes}
 args=()
 for t in $tests; do args+=(--test "$t"); done
 bins=$(cargo test -p warren-provider-local "${args[@]}" --no-run --message-format=json 2>/dev/null |
@@ -121,7 +136,7 @@ export TMPDIR=/run/tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 hostname warren-vm
 ip link set lo up
-for m in overlay veth bridge br_netfilter nf_tables nft_chain_nat nft_compat xt_MASQUERADE xt_conntrack iptable_nat iptable_filter; do
+for m in loop overlay veth bridge br_netfilter nf_tables nft_chain_nat nft_compat xt_MASQUERADE xt_conntrack iptable_nat iptable_filter; do
   modprobe -d "$kdir" -S "$kver" "\$m" 2>/dev/null || true
 done
 echo "WARREN-VM: kernel \$(uname -r); cgroup: \$(stat -fc %T /sys/fs/cgroup); controllers: \$(cat /sys/fs/cgroup/cgroup.controllers)"

@@ -7,6 +7,7 @@
 mod bench;
 mod client;
 mod cost;
+mod limits;
 mod serve;
 
 use std::process::ExitCode;

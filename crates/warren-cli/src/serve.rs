@@ -57,11 +57,16 @@ pub struct Config {
     /// optional `size` ({millicpus, memoryMib, diskMib, pids}); with `max`
     /// (and optionally `min`) the target adapts to demand.
     pub pools: Vec<warren_orchestrator::pool::PoolSpec>,
+    /// The largest workspace a client may ask for: `[max_size]` with
+    /// millicpus, memory_mib, disk_mib, pids (default 4 CPUs, 8 GiB, 20 GiB,
+    /// 4,096; each a number or "unlimited").
+    pub max_size: crate::limits::MaxSize,
     /// Limits for every tenant: `[default_quota]` with max_workspaces,
-    /// max_millicpus, max_memory_mib, max_creates_per_minute (all optional).
-    pub default_quota: warren_orchestrator::Quota,
+    /// max_millicpus, max_memory_mib, max_creates_per_minute (default 100
+    /// workspaces, 64 CPUs, 128 GiB, no rate; each a number or "unlimited").
+    pub default_quota: crate::limits::QuotaSection,
     /// Per-tenant limits: `[tenant_quotas.<tenant>]`, same keys.
-    pub tenant_quotas: std::collections::HashMap<String, warren_orchestrator::Quota>,
+    pub tenant_quotas: std::collections::HashMap<String, crate::limits::QuotaSection>,
     /// Price catalog for invoices (default: the one shipped with warren).
     pub cost_catalog: Option<PathBuf>,
     /// Which catalog setup this deployment's infrastructure costs like.
@@ -256,6 +261,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             pools: Vec::new(),
+            max_size: Default::default(),
             default_quota: Default::default(),
             tenant_quotas: Default::default(),
             cost_catalog: None,
@@ -584,8 +590,18 @@ async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) ->
     Ok(Some(key))
 }
 
+/// The server's oom_score_adj: far below any workspace (0 and up), above
+/// the kernel's never-kill -1000 (kept for the workspace shims).
+const SERVER_OOM_SCORE_ADJ: i32 = -900;
+
 pub async fn run(args: ServeArgs) -> Result<()> {
     let cfg = load_config(&args)?;
+    // Under memory pressure the kernel kills workspaces before the server
+    // that keeps their records (root may lower its own score; workspaces
+    // are set back to 0 and cannot go lower). Needs CAP_SYS_RESOURCE.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", SERVER_OOM_SCORE_ADJ.to_string()) {
+        eprintln!("warren: cannot shield the server from the OOM killer (oom_score_adj {SERVER_OOM_SCORE_ADJ}: {e}); workspaces still cannot go below 0");
+    }
     // The price catalog is read and checked before anything changes.
     let cost = cost_config(&cfg)?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -628,8 +644,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             max_timeout: Duration::from_secs(cfg.max_timeout),
             idle_timeout: (cfg.idle_timeout > 0).then(|| Duration::from_secs(cfg.idle_timeout)),
             pools: cfg.pools.clone(),
-            default_quota: cfg.default_quota.clone(),
-            tenant_quotas: cfg.tenant_quotas.clone(),
+            max_size: cfg.max_size.to_cap()?,
+            default_quota: cfg.default_quota.to_quota(),
+            tenant_quotas: cfg.tenant_quotas.iter().map(|(t, q)| (t.clone(), q.to_quota())).collect(),
             node,
             node_url,
             replica_timeout: Duration::from_secs(cfg.replica_timeout),

@@ -152,6 +152,71 @@ fn create_exec_files_shell_kill() {
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach warren"));
 }
 
+/// Limits are on by default: a workspace above the default size cap gets a
+/// clear refusal naming the limit; a tenant quota in the configuration is
+/// enforced; "unlimited" must be said explicitly, and a wrong value stops
+/// the server before it starts.
+#[test]
+fn safe_default_limits() {
+    let data = tempfile::tempdir().unwrap();
+    let s = serve(data.path(), free_port());
+    // The server is shielded from the OOM killer far more than workspaces.
+    // (Where root lacks CAP_SYS_RESOURCE, as in some sandboxes, nobody can
+    // go below 0, the server included.)
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let sys_resource = u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0;
+    let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", s.child.id())).unwrap();
+    assert_eq!(adj.trim(), if sys_resource { "-900" } else { "0" });
+    let id = ok(&cli(&s, &["create"], None));
+    let inside = ok(&cli(
+        &s,
+        &[
+            "exec",
+            "-u",
+            "root",
+            &id,
+            "cat /proc/self/oom_score_adj; echo -900 > /proc/self/oom_score_adj 2>/dev/null || echo refused",
+        ],
+        None,
+    ));
+    assert_eq!(inside, "0\nrefused", "a workspace starts at 0 and cannot go below");
+    ok(&cli(&s, &["kill", &id], None));
+    let big = cli(&s, &["create", "--memory", "16384"], None);
+    assert_eq!(big.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&big.stderr);
+    assert!(err.contains("8192") && err.contains("max_size.memory_mib"), "{err}");
+    let cpus = cli(&s, &["create", "--cpus", "8"], None);
+    assert!(String::from_utf8_lossy(&cpus.stderr).contains("max_size.millicpus"));
+    assert!(ok(&cli(&s, &["ls", "--json"], None)).trim() == "[]", "nothing was created");
+    drop(s);
+
+    let cfg = data.path().join("warren.toml");
+    std::fs::write(&cfg, "[default_quota]\nmax_workspaces = 1\n[max_size]\nmemory_mib = \"unlimited\"\n").unwrap();
+    let s = serve_with(data.path(), free_port(), Some(&cfg), warren_provider::conformance::agent_binary());
+    let tenant_key = ok(&cli(&s, &["keys", "create", "--tenant", "capped"], None));
+    let as_tenant = |args: &[&str]| {
+        Command::new(bin()).args(args).env("WARREN_URL", &s.url).env("WARREN_API_KEY", &tenant_key).output().unwrap()
+    };
+    let first = as_tenant(&["create", "--memory", "9000"]);
+    assert!(first.status.success(), "unlimited memory size: {}", String::from_utf8_lossy(&first.stderr));
+    let second = as_tenant(&["create"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("quota is 1"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    ok(&as_tenant(&["kill", String::from_utf8_lossy(&first.stdout).trim()]));
+    drop(s);
+
+    std::fs::write(&cfg, "[default_quota]\nmax_workspaces = \"lots\"\n").unwrap();
+    let o =
+        Command::new(bin()).args(["serve", "--config"]).arg(&cfg).arg("--data-dir").arg(data.path()).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unlimited"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn workspace_dirs(data: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(data.join("local/workspaces"))
         .map(|rd| rd.flatten().map(|e| e.path()).collect())

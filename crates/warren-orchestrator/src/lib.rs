@@ -39,6 +39,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Warm pools: ready workspaces kept per template and size.
     pub pools: Vec<pool::PoolSpec>,
+    /// The largest workspace a tenant may ask for.
+    pub max_size: SizeCap,
     /// Limits of every tenant without its own entry in `tenant_quotas`.
     pub default_quota: Quota,
     pub tenant_quotas: HashMap<String, Quota>,
@@ -50,6 +52,36 @@ pub struct Config {
     /// A replica silent this long is dead: whichever replica holds the
     /// sweeper lease marks its workspaces failed.
     pub replica_timeout: Duration,
+}
+
+/// The largest workspace a client may ask for. `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SizeCap {
+    pub millicpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub disk_mib: Option<u32>,
+    pub pids: Option<u32>,
+}
+
+impl SizeCap {
+    /// Refuses a size above the cap, naming the limit.
+    pub fn check(&self, size: &Size) -> Result<()> {
+        for (field, key, got, max) in [
+            ("millicpus", "millicpus", size.millicpus, self.millicpus),
+            ("memoryMib", "memory_mib", size.memory_mib, self.memory_mib),
+            ("diskMib", "disk_mib", size.disk_mib, self.disk_mib),
+            ("pids", "pids", size.pids, self.pids),
+        ] {
+            if let Some(max) = max {
+                if got > max {
+                    return Err(Error::InvalidArgument(format!(
+                        "size: {field} {got} is above this server's limit of {max} per workspace (max_size.{key})"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What one tenant may hold at once, and how fast it may create. `None`: no limit.
@@ -71,6 +103,7 @@ impl Default for Config {
             reap_interval: Duration::from_secs(1),
             idle_timeout: None,
             pools: Vec::new(),
+            max_size: SizeCap::default(),
             default_quota: Quota::default(),
             tenant_quotas: HashMap::new(),
             node: String::new(),
@@ -277,6 +310,7 @@ impl Orchestrator {
         if req.tenant == pool::POOL_TENANT {
             return self.create_new(req, None).await;
         }
+        self.cfg.max_size.check(&size)?;
         let lock = {
             let mut m = self.admission.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(req.tenant.clone()).or_default().clone()

@@ -128,7 +128,7 @@ pub fn launch(l: &GvisorLaunch<'_>) -> io::Result<i32> {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe calls (open, write, close) on C strings built
-    // before the fork.
+    // before the fork or static.
     unsafe {
         cmd.pre_exec(move || {
             for p in &procs {
@@ -141,6 +141,13 @@ pub fn launch(l: &GvisorLaunch<'_>) -> io::Result<i32> {
                 if !ok {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            // The sandbox and everything in it start at oom_score_adj 0 and
+            // can never go below (the server may run shielded at -900).
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
             }
             Ok(())
         });
