@@ -228,6 +228,9 @@ pub struct DockerSection {
     pub owner: String,
     /// Prefix of warren's two Docker networks.
     pub network_prefix: String,
+    /// Accept an engine whose containers' root is the host's root (no
+    /// userns-remap, not rootless) for runc templates. Unsafe; off.
+    pub allow_host_root: bool,
 }
 
 impl Default for DockerSection {
@@ -238,6 +241,7 @@ impl Default for DockerSection {
             template_runtimes: Default::default(),
             owner: "warren".into(),
             network_prefix: "warren".into(),
+            allow_host_root: false,
         }
     }
 }
@@ -485,11 +489,17 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
             dc.runtime = d.runtime.clone();
             dc.template_runtimes = d.template_runtimes.clone();
             dc.owner = d.owner.clone();
+            dc.allow_host_root = d.allow_host_root;
             dc.network_prefix = d.network_prefix.clone();
             let docker = warren_provider_docker::DockerProvider::connect(dc).map_err(|e| anyhow::anyhow!("{e}"))?;
             let version =
                 docker.ping().await.map_err(|e| anyhow::anyhow!("{e} (is dockerd running? set [docker] host)"))?;
             eprintln!("warren: docker provider on {version}");
+            if !d.allow_host_root && !docker.root_is_remapped().await.unwrap_or(false) {
+                eprintln!(
+                    "warren: this Docker engine runs containers' root as the host's root (no userns-remap, not rootless): runc templates will be refused; see docs/docker-provider.md"
+                );
+            }
             Arc::new(docker)
         }
         _ => {

@@ -75,6 +75,11 @@ pub struct DockerConfig {
     pub call_timeout: Duration,
     /// Limit on the agent answering after start.
     pub ready_timeout: Duration,
+    /// Run containers whose root is the host's root (an engine without
+    /// userns-remap or rootless mode, runc templates). Off: such an engine
+    /// is refused with a clear error. gVisor (runsc) templates are allowed
+    /// either way: their root talks to gVisor's kernel, not the host's.
+    pub allow_host_root: bool,
 }
 
 impl DockerConfig {
@@ -88,6 +93,7 @@ impl DockerConfig {
             network_prefix: "warren".into(),
             call_timeout: Duration::from_secs(30),
             ready_timeout: Duration::from_secs(30),
+            allow_host_root: false,
         }
     }
 
@@ -102,6 +108,9 @@ pub struct DockerProvider {
     /// Ids of the `none` and `bridge` networks.
     networks: OnceCell<(String, String)>,
     storage_opt: OnceCell<bool>,
+    /// Whether the engine maps a container's root away from the host's
+    /// (userns-remap or rootless), read once from `docker info`.
+    remapped: OnceCell<bool>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ProviderError {
@@ -152,7 +161,42 @@ impl DockerProvider {
                 cfg.agent.display()
             )));
         }
-        Ok(DockerProvider { docker, cfg, networks: OnceCell::new(), storage_opt: OnceCell::new() })
+        Ok(DockerProvider {
+            docker,
+            cfg,
+            networks: OnceCell::new(),
+            storage_opt: OnceCell::new(),
+            remapped: OnceCell::new(),
+        })
+    }
+
+    /// True when the engine runs containers' root as an unprivileged host
+    /// user: userns-remap or rootless mode (`docker info` security options).
+    pub async fn root_is_remapped(&self) -> Result<bool> {
+        self.remapped
+            .get_or_try_init(|| async {
+                let info = self.call("info", self.docker.info()).await?;
+                Ok(info
+                    .security_options
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|o| o.contains("name=userns") || o.contains("name=rootless")))
+            })
+            .await
+            .copied()
+    }
+
+    /// Refuses a template whose containers' root would be the host's root.
+    async fn check_root(&self, template: &str) -> Result<()> {
+        if self.cfg.allow_host_root
+            || self.cfg.runtime_for(template) == Some("runsc")
+            || self.root_is_remapped().await?
+        {
+            return Ok(());
+        }
+        Err(ProviderError::Unavailable(
+            "the Docker engine runs containers' root as the host's root: enable userns-remap (\"userns-remap\": \"default\" in /etc/docker/daemon.json; see docs/docker-provider.md), use rootless Docker or runsc, or set allow_host_root = true in [docker] to accept it".into(),
+        ))
     }
 
     /// Checks that the engine answers (a clear error at start-up).
@@ -387,6 +431,7 @@ impl SandboxProvider for DockerProvider {
         if spec.network == NetworkMode::Host {
             return Err(ProviderError::Unsupported("host networking on the docker backend".into()));
         }
+        self.check_root(&spec.template).await?;
         let flags = self.image_flags(&spec.template).await?;
         let network_id = self.ensure_networks(spec.network).await?;
         let now_ms = std::time::SystemTime::now()
@@ -424,7 +469,17 @@ impl SandboxProvider for DockerProvider {
             pids_limit: Some(spec.size.pids as i64),
             network_mode: Some(network_id),
             runtime: self.cfg.runtime_for(&spec.template).map(str::to_string),
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            // warren's own system-call policy instead of the engine's
+            // default (older engines still allow io_uring, for one).
+            security_opt: Some(vec![
+                "no-new-privileges:true".into(),
+                format!("seccomp={}", warren_provider::seccomp::docker_profile(false)),
+            ]),
+            // gVisor cannot start inside the engine's remapped user
+            // namespace; its user-space kernel is the boundary there.
+            userns_mode: (self.cfg.runtime_for(&spec.template) == Some("runsc")).then(|| "host".to_string()),
+            // Device nodes come only from the engine's /dev.
+            cap_drop: Some(vec!["MKNOD".into()]),
             storage_opt: if self.supports_storage_opt().await {
                 Some(HashMap::from([("size".to_string(), format!("{}M", spec.size.disk_mib))]))
             } else {

@@ -225,3 +225,31 @@ async fn import_a_docker_save_archive_as_a_template() {
     cleanup(&p).await;
     let _ = Command::new("docker").args(["rmi", &name]).stdout(Stdio::null()).status();
 }
+
+/// The isolation probe suite as root inside Docker containers (runc on an
+/// engine with userns-remap, as scripts/docker-up.sh sets it up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_inside_a_runc_container_cannot_reach_the_host() {
+    let o = owner("probe-runc");
+    let _cleanup = Cleanup(o.clone());
+    let p = provider(&o);
+    assert!(p.root_is_remapped().await.unwrap(), "scripts/docker-up.sh runs the engine with userns-remap");
+    warren_provider::probes::run(&p, IMAGE, warren_provider::probes::Kernel::Host).await;
+    cleanup(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_inside_a_runsc_container_cannot_reach_the_host() {
+    if !runsc_available() {
+        assert!(std::env::var_os("WARREN_REQUIRE_RUNSC").is_none(), "WARREN_REQUIRE_RUNSC set but runsc missing");
+        return;
+    }
+    let o = owner("probe-runsc");
+    let _cleanup = Cleanup(o.clone());
+    ensure_image();
+    let mut c = config(&o);
+    c.runtime = Some("runsc".into());
+    let p = DockerProvider::connect(c).unwrap();
+    warren_provider::probes::run(&p, IMAGE, warren_provider::probes::Kernel::UserSpace).await;
+    cleanup(&p).await;
+}

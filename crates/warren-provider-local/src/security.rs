@@ -10,6 +10,7 @@ use caps::{CapSet, Capability};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
+use warren_provider::seccomp::{DENIED, IO_URING, NS_FLAGS, PERSONALITIES};
 
 /// Capabilities a workspace's root keeps (Docker's default set without
 /// CAP_MKNOD: device nodes come only from warren's /dev).
@@ -28,70 +29,6 @@ pub const KEEP: &[Capability] = &[
     Capability::CAP_KILL,
     Capability::CAP_AUDIT_WRITE,
 ];
-
-/// System calls denied with EPERM: mounting, namespaces, keyrings, BPF,
-/// kexec and modules, time, tracing of the kernel, swap, reboot.
-pub const DENIED: &[&str] = &[
-    "mount",
-    "umount2",
-    "pivot_root",
-    "unshare",
-    "setns",
-    "keyctl",
-    "add_key",
-    "request_key",
-    "bpf",
-    "kexec_load",
-    "kexec_file_load",
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "acct",
-    "swapon",
-    "swapoff",
-    "reboot",
-    "syslog",
-    "settimeofday",
-    "clock_settime",
-    "clock_adjtime",
-    "adjtimex",
-    "quotactl",
-    "lookup_dcookie",
-    "perf_event_open",
-    "open_by_handle_at",
-    "name_to_handle_at",
-    "userfaultfd",
-    "iopl",
-    "ioperm",
-    "vhangup",
-    "fanotify_init",
-    "fsopen",
-    "fsmount",
-    "fsconfig",
-    "move_mount",
-    "open_tree",
-    "fspick",
-    "mount_setattr",
-    "pidfd_getfd",
-    "process_vm_readv",
-    "process_vm_writev",
-    "kcmp",
-    // Obsolete or host-wide interfaces Docker's profile leaves out too.
-    "uselib",
-    "ustat",
-    "sysfs",
-    "_sysctl",
-    "nfsservctl",
-    "afs_syscall",
-];
-
-/// io_uring: a large kernel surface with a history of escapes; denied
-/// unless the server's configuration allows it.
-pub const IO_URING: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
-
-/// personality(2) values a workspace may set (Docker's set: Linux, its
-/// 32-bit flavour, UNAME26 with both, and the query 0xffffffff).
-const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
 fn syscall_nr(name: &str) -> Option<i64> {
     Some(match name {
@@ -151,17 +88,6 @@ fn syscall_nr(name: &str) -> Option<i64> {
         _ => return None,
     })
 }
-
-/// clone(2) flags that would create namespaces.
-const NS_FLAGS: &[u64] = &[
-    libc::CLONE_NEWNS as u64,
-    libc::CLONE_NEWUSER as u64,
-    libc::CLONE_NEWPID as u64,
-    libc::CLONE_NEWNET as u64,
-    libc::CLONE_NEWUTS as u64,
-    libc::CLONE_NEWIPC as u64,
-    libc::CLONE_NEWCGROUP as u64,
-];
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, action: SeccompAction) -> io::Result<BpfProgram> {
     let arch: TargetArch =

@@ -11,6 +11,7 @@ pub mod fake;
 pub mod probes;
 pub mod procfs;
 pub mod routing;
+pub mod seccomp;
 
 use std::collections::BTreeMap;
 
