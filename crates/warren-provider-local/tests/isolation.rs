@@ -299,3 +299,35 @@ async fn the_device_cgroup_allows_only_the_workspace_devices() {
     assert_eq!(outside, "null:ok\nurandom:ok\ndisk:read", "control: the host reads the device");
     assert_eq!(inside, "null:ok\nurandom:ok\ndisk:denied", "inside the workspace's cgroups");
 }
+
+/// Root inside keeps what a tenant's root needs: chown, ports below 1024,
+/// raw sockets (ping), its own files owned as it set them; and every
+/// workspace has its own id range on the host, across providers (replicas
+/// on one host) and restarts, freed only when the workspace is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_keeps_its_powers_and_each_workspace_has_its_own_ids() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (p1, p2) = (common::provider(d1.path()), common::provider(d2.path()));
+    let (a, b) = (create(&p1, small()).await, create(&p2, small()).await);
+    let script = "touch /root/f && chown 1000:1000 /root/f && stat -c %u:%g /root/f; \
+                  python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 80)); print(\"bound 80\")'; \
+                  python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print(\"raw ok\")'; \
+                  cat /proc/self/uid_map";
+    let out_a = sh(&a.root, script).await;
+    let lines: Vec<&str> = out_a.lines().collect();
+    assert_eq!(&lines[..3], ["1000:1000", "bound 80", "raw ok"], "{out_a}");
+    let base = |map: &str| -> u64 { map.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    let base_a = base(lines[3]);
+    let base_b = base(&sh(&b.root, "cat /proc/self/uid_map").await);
+    assert!(base_a >= 1 << 28 && base_b >= 1 << 28, "{base_a} {base_b}");
+    assert!(base_a.abs_diff(base_b) >= 65_536, "ranges overlap: {base_a} {base_b}");
+    // A restarted provider still knows the workspace and its range.
+    let p1b = common::provider(d1.path());
+    assert!(p1b.list().await.unwrap().iter().any(|s| s.id == a.info.id));
+    let slot = |base: u64| std::path::PathBuf::from(format!("/run/warren/idmap/{}", (base - (1 << 28)) / 65_536));
+    assert!(slot(base_a).exists(), "the range is held while the workspace lives");
+    p1b.destroy(&a.info.id).await.unwrap();
+    assert!(!slot(base_a).exists(), "the range is freed once the workspace is gone");
+    p2.destroy(&b.info.id).await.unwrap();
+    assert!(!slot(base_b).exists());
+}
