@@ -20,7 +20,9 @@ OPTIONS:
   --init-token-file F      secret for POST /init (env WARREN_AGENT_INIT_TOKEN)
   --user NAME              default user (default: user, or root if absent)
   --workdir DIR            default working directory (default: the user's home)
-  --env KEY=VALUE          workspace environment variable; repeatable
+  --env KEY=VALUE          workspace environment variable; repeatable (values
+                           that must stay off the command line go in env
+                           WARREN_AGENT_ENV, a JSON object, which wins)
   --max-message-bytes N    largest request message accepted (default 16777216)
   --version                print the version and the envd version it speaks
 ";
@@ -70,6 +72,9 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut listen_fds = Vec::new();
     let mut access_token = take_secret_env("WARREN_AGENT_ACCESS_TOKEN");
     let mut init_token = take_secret_env("WARREN_AGENT_INIT_TOKEN");
+    // The workspace's own variables may be secrets: they come through the
+    // environment (scrubbed like the tokens), never the command line.
+    let secret_env = take_secret_env("WARREN_AGENT_ENV");
     let mut user = None;
     let mut workdir = None;
     let mut env = BTreeMap::new();
@@ -128,6 +133,11 @@ fn parse_args() -> Result<Option<Args>, String> {
         if !w.starts_with('/') {
             return Err(format!("--workdir {w}: must be an absolute path"));
         }
+    }
+    if let Some(raw) = secret_env {
+        let vars: BTreeMap<String, String> = serde_json::from_str(&raw)
+            .map_err(|e| format!("WARREN_AGENT_ENV: expected a JSON object of strings: {e}"))?;
+        env.extend(vars);
     }
     Ok(Some(Args {
         listen,

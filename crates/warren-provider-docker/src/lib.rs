@@ -457,8 +457,10 @@ impl SandboxProvider for DockerProvider {
         }
         let mut cmd = vec!["--listen".to_string(), format!("tcp://0.0.0.0:{AGENT_PORT}")];
         cmd.extend(flags);
-        for (k, v) in &spec.env {
-            cmd.extend(["--env".to_string(), format!("{k}={v}")]);
+        // The workspace's own variables (maybe secrets) stay off the
+        // command line, which every user of the engine's host can read.
+        if !spec.env.is_empty() {
+            env.push(format!("WARREN_AGENT_ENV={}", serde_json::to_string(&spec.env).unwrap_or_default()));
         }
         let mib = |m: u32| m as i64 * 1024 * 1024;
         let host_config = HostConfig {

@@ -383,18 +383,20 @@ impl LocalProvider {
     }
 }
 
-/// The agent's arguments (default user, workdir, the image's environment
-/// under the workspace's) and its environment (the tokens).
+/// The agent's arguments (default user, workdir) and its environment: the
+/// tokens, and the image's variables under the workspace's as JSON (tenant
+/// values may be secrets: never on a command line, which every host user
+/// can read).
 fn agent_setup(spec: &CreateSpec, tpl: &Resolved) -> (Vec<String>, Vec<(String, String)>) {
-    let mut args = vec!["--user".to_string(), tpl.user.clone(), "--workdir".into(), tpl.workdir.clone()];
-    let image_env = tpl.env.iter().filter(|(k, _)| !spec.env.contains_key(k)).map(|(k, v)| (k, v));
-    for (k, v) in image_env.chain(spec.env.iter()) {
-        args.push("--env".into());
-        args.push(format!("{k}={v}"));
-    }
+    let args = vec!["--user".to_string(), tpl.user.clone(), "--workdir".into(), tpl.workdir.clone()];
+    let mut vars: BTreeMap<&str, &str> = tpl.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.extend(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut env = vec![("WARREN_AGENT_INIT_TOKEN".to_string(), spec.init_token.clone())];
     if let Some(t) = &spec.access_token {
         env.push(("WARREN_AGENT_ACCESS_TOKEN".into(), t.clone()));
+    }
+    if !vars.is_empty() {
+        env.push(("WARREN_AGENT_ENV".into(), serde_json::to_string(&vars).unwrap_or_default()));
     }
     (args, env)
 }

@@ -45,6 +45,9 @@ pub fn probe_binary() -> PathBuf {
 }
 
 const PROBE: &str = "/tmp/warren-probe";
+/// A tenant's secret environment value: visible to the workspace's own
+/// processes, never on a command line.
+const SECRET: &str = "tenant-secret-5d1f0c";
 
 /// What is tried, the probe's arguments inside, and those of the host's
 /// positive control (none where the host has nothing to compare).
@@ -108,7 +111,8 @@ impl Drop for LoopDevice {
 }
 
 async fn setup(provider: &impl SandboxProvider, template: &str) -> (SandboxInfo, AgentClient, Option<String>) {
-    let s = spec(template);
+    let mut s = spec(template);
+    s.env.insert("WARREN_PROBE_SECRET".into(), SECRET.into());
     let info = provider.create(&s).await.expect("create a workspace to probe");
     let token = info.access_token.clone().or_else(|| s.access_token.clone());
     let root = AgentClient::new(info.endpoint.clone()).with_access_token(token.clone()).as_user("root");
@@ -212,12 +216,17 @@ pub async fn run<P: SandboxProvider>(provider: &P, template: &str, kernel: Kerne
             assert!(mounts.contains(" rw,"), "/proc/sys/net is mounted read-write: {mounts}");
         }
     }
+    // A tenant's environment reaches its processes, and no command line
+    // (inside, or on the host where `ps` shows it to every user).
+    assert_eq!(out(&root, "echo $WARREN_PROBE_SECRET").await, SECRET);
+    assert!(host_processes_with(SECRET).is_empty(), "a tenant's secret is on a host command line");
     // The agent's secrets never show in what root inside can read of it.
     for f in ["/proc/1/environ", "/proc/1/cmdline"] {
         let seen = out(&root, &format!("cat {f} 2>/dev/null | tr '\\0' '\\n'")).await;
         if let Some(t) = &token {
             assert!(!seen.contains(t.as_str()), "the access token is readable in {f}");
         }
+        assert!(!seen.contains(SECRET), "the tenant's secret is readable in the agent's {f}");
     }
 
     // Root inside, seen from the host: never uid 0 (gVisor: not a host process at all).
