@@ -620,10 +620,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     let (store, node, node_url): (Arc<dyn StateStore>, String, String) = match &cfg.redis_url {
         None => (
-            Arc::new(
-                RedbStore::open(&cfg.data_dir.join("state.redb"))
-                    .map_err(|e| anyhow::anyhow!("opening the state store: {e}"))?,
-            ),
+            Arc::new({
+                let path = cfg.data_dir.join("state.redb");
+                let store = RedbStore::open(&path).map_err(|e| anyhow::anyhow!("opening the state store: {e}"))?;
+                // It holds every workspace's access tokens: root's alone.
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .with_context(|| format!("restricting {}", path.display()))?;
+                store
+            }),
             String::new(),
             String::new(),
         ),

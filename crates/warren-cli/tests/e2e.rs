@@ -168,6 +168,11 @@ fn safe_default_limits() {
     let sys_resource = u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0;
     let adj = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", s.child.id())).unwrap();
     assert_eq!(adj.trim(), if sys_resource { "-900" } else { "0" });
+    // The state (tokens) and the template store are root's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data.path().join("state.redb")), 0o600);
+    assert_eq!(mode(&data.path().join("local/templates")), 0o700);
     let id = ok(&cli(&s, &["create"], None));
     let inside = ok(&cli(
         &s,

@@ -107,6 +107,18 @@ impl LocalProvider {
         }
         let cgroups = Cgroups::detect().map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         std::fs::create_dir_all(cfg.state_dir.join("workspaces")).map_err(internal("state dir"))?;
+        // Templates (setuid programs of images among them) are root's alone;
+        // the way to a workspace's root may be passed (not listed) by the
+        // workspace's own ids, which build parts of it themselves.
+        std::fs::create_dir_all(cfg.state_dir.join("templates")).map_err(internal("templates dir"))?;
+        for (d, mode) in [
+            (cfg.state_dir.clone(), 0o711),
+            (cfg.state_dir.join("workspaces"), 0o711),
+            (cfg.state_dir.join("templates"), 0o700),
+        ] {
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(internal("state dir mode"))?;
+        }
         let ids = idmap::IdRanges::new(idmap::DEFAULT_DIR).map_err(internal("user-namespace id ranges"))?;
         ids.collect_garbage();
         Ok(LocalProvider {

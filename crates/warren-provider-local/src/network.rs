@@ -39,6 +39,18 @@ fn ensure_rule(table: &str, chain: &str, rule: &[&str]) -> Result<(), String> {
     run("iptables", &add)
 }
 
+/// Like [`ensure_rule`], inserted at the head of the chain.
+fn ensure_rule_first(table: &str, chain: &str, rule: &[&str]) -> Result<(), String> {
+    let mut check = vec!["-w", "-t", table, "-C", chain];
+    check.extend_from_slice(rule);
+    if ok("iptables", &check) {
+        return Ok(());
+    }
+    let mut add = vec!["-w", "-t", table, "-I", chain, "1"];
+    add.extend_from_slice(rule);
+    run("iptables", &add)
+}
+
 fn ensure_chain(table: &str, chain: &str, from: &str) -> Result<(), String> {
     if !ok("iptables", &["-w", "-t", table, "-L", chain, "-n"]) {
         run("iptables", &["-w", "-t", table, "-N", chain])?;
@@ -55,6 +67,10 @@ pub fn install_rules() -> Result<(), String> {
     let wv = format!("{PREFIX}+");
     ensure_chain("filter", "WARREN-FORWARD", "FORWARD")?;
     ensure_rule("filter", "WARREN-FORWARD", &["-i", &wv, "-d", POOL, "-j", "DROP"])?;
+    // Only workspace addresses may leave (behind each workspace's strict
+    // reverse-path filter); first in the chain, also on hosts whose chain
+    // an older warren made.
+    ensure_rule_first("filter", "WARREN-FORWARD", &["-i", &wv, "!", "-s", POOL, "-j", "DROP"])?;
     ensure_rule("filter", "WARREN-FORWARD", &["-i", &wv, "-j", "ACCEPT"])?;
     ensure_rule(
         "filter",
@@ -124,6 +140,23 @@ pub fn attach(id: &str, pid: i32, index: u32) -> Result<(Ipv4Addr, Ipv4Addr), St
     run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &peer])?;
     let pid_s = pid.to_string();
     let setup = || -> Result<(), String> {
+        // The host's end speaks IPv4 only and checks sources: no IPv6 (a
+        // workspace's router advertisements would otherwise set the host's
+        // routes, and its link-local address would reach host services past
+        // the IPv4 firewall), strict reverse-path filtering (no spoofed
+        // sources leave the host).
+        let conf = |family: &str, key: &str, value: &str| {
+            std::fs::write(format!("/proc/sys/net/{family}/conf/{host_if}/{key}"), value)
+                .map_err(|e| format!("{family} {key} of {host_if}: {e}"))
+        };
+        if Path::new("/proc/sys/net/ipv6/conf").exists() {
+            conf("ipv6", "accept_ra", "0")?;
+            conf("ipv6", "autoconf", "0")?;
+            conf("ipv6", "disable_ipv6", "1")?;
+        }
+        conf("ipv4", "rp_filter", "1")?;
+        conf("ipv4", "accept_redirects", "0")?;
+        conf("ipv4", "send_redirects", "0")?;
         run("ip", &["link", "set", &peer, "netns", &pid_s])?;
         run("ip", &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if])?;
         run("ip", &["link", "set", &host_if, "up"])?;

@@ -120,14 +120,38 @@ fn launch(cfg: &SandboxConfig) -> io::Result<i32> {
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWCGROUP;
+    // The kernel counts per-user resources (inotify instances and watches,
+    // queued signals, message queues, user namespaces...) against a user
+    // namespace's owner as well: the workspace's own first host id owns it,
+    // not the host's root, so one workspace cannot starve the host or
+    // another. Only the effective ids change for the clone; the real and
+    // saved ids stay 0 and bring the host's privileges back right after.
+    let owner = cfg.ids.host_id(0);
+    ctx(nix::unistd::setresgid(keep_gid(), nix::unistd::Gid::from_raw(owner), keep_gid()), || "setresgid".into())?;
+    if let Err(e) = nix::unistd::setresuid(keep_uid(), nix::unistd::Uid::from_raw(owner), keep_uid()) {
+        let _ = nix::unistd::setresgid(keep_gid(), nix::unistd::Gid::from_raw(0), keep_gid());
+        return Err(io::Error::other(format!("setresuid: {e}")));
+    }
     // SAFETY: the helper is single-threaded; clone with a null stack behaves
     // like fork (the child runs on a copy of this stack), so the child may
     // run arbitrary code.
     let pid = unsafe {
         libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
     };
+    let clone_error = io::Error::last_os_error();
+    if pid != 0 {
+        // Back to the host's root (the kernel restores the capabilities).
+        let restored = nix::unistd::setresuid(keep_uid(), nix::unistd::Uid::from_raw(0), keep_uid())
+            .and_then(|()| nix::unistd::setresgid(keep_gid(), nix::unistd::Gid::from_raw(0), keep_gid()));
+        if let Err(e) = restored {
+            if pid > 0 {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            return Err(io::Error::other(format!("restoring the helper's ids: {e}")));
+        }
+    }
     if pid < 0 {
-        return Err(io::Error::other(format!("clone: {}", io::Error::last_os_error())));
+        return Err(io::Error::other(format!("clone: {clone_error}")));
     }
     if pid == 0 {
         drop(err_r);
@@ -164,6 +188,15 @@ fn launch(cfg: &SandboxConfig) -> io::Result<i32> {
         return Err(abort(io::Error::other(msg)));
     }
     Ok(child.as_raw())
+}
+
+/// "Leave this id as it is" for setresuid/setresgid.
+fn keep_uid() -> nix::unistd::Uid {
+    nix::unistd::Uid::from_raw(u32::MAX)
+}
+
+fn keep_gid() -> nix::unistd::Gid {
+    nix::unistd::Gid::from_raw(u32::MAX)
 }
 
 /// From the host's side: maps the workspace's ids and builds its root in

@@ -331,3 +331,45 @@ async fn root_keeps_its_powers_and_each_workspace_has_its_own_ids() {
     p2.destroy(&b.info.id).await.unwrap();
     assert!(!slot(base_b).exists());
 }
+
+/// Per-user kernel limits are the workspace's own: a workspace that takes
+/// every inotify instance its user may have (the kernel's per-user limit)
+/// leaves the host's root and another workspace theirs, because each user
+/// namespace is owned by its workspace's own host id, not the host's root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_workspace_cannot_use_up_per_user_kernel_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::provider(dir.path());
+    let (a, b) = (create(&p, small()).await, create(&p, small()).await);
+    let hog = "import ctypes, time\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+n = 0\n\
+while libc.inotify_init1(0) >= 0: n += 1\n\
+open('/tmp/hog', 'w').write(f'{n} {ctypes.get_errno()}')\n\
+time.sleep(30)\n";
+    a.user.write_bytes("/tmp/hog.py", hog.as_bytes().to_vec()).await.unwrap();
+    sh(&a.user, "python3 /tmp/hog.py >/dev/null 2>&1 &").await;
+    let mut held = String::new();
+    for _ in 0..100 {
+        held = sh(&a.user, "cat /tmp/hog 2>/dev/null || true").await;
+        if !held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let limit: u64 =
+        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances").unwrap().trim().parse().unwrap();
+    let (n, errno) = held.split_once(' ').expect("the hog reports");
+    // Control: the limit really binds inside (EMFILE = 24 at the user's limit).
+    assert!(n.parse::<u64>().unwrap() + 8 >= limit && errno == "24", "hog held {n} (limit {limit}), errno {errno}");
+    // SAFETY: inotify_init1/close on a descriptor we own.
+    let host_fd = unsafe { libc::inotify_init1(0) };
+    assert!(host_fd >= 0, "the host's root can still make an inotify instance");
+    // SAFETY: closing the descriptor just made.
+    unsafe { libc::close(host_fd) };
+    let other = sh(&b.root, "python3 -c 'import ctypes; print(ctypes.CDLL(None).inotify_init1(0) >= 0)'").await;
+    assert_eq!(other, "True", "another workspace can still make one");
+    for w in [a, b] {
+        p.destroy(&w.info.id).await.unwrap();
+    }
+}

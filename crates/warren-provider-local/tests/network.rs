@@ -160,9 +160,25 @@ async fn bridge_egress_isolation_and_cleanup() {
         .to_string();
     assert!(fetch(&ca, &format!("http://{gw}:{port}/")).await.starts_with("blocked"));
 
-    // Destroy removes the host side of the link.
+    // The host's end of the link: no IPv6 (a workspace's router
+    // advertisements cannot set the host's routes, its link-local address
+    // cannot reach host services), strict reverse-path filtering, and the
+    // firewall drops any source outside the workspace pool.
     let a_if = network::host_ifname(a.id.as_str());
     assert!(std::path::Path::new("/sys/class/net").join(&a_if).exists());
+    let conf = |k: &str| std::fs::read_to_string(format!("/proc/sys/net/{k}")).unwrap().trim().to_string();
+    if std::path::Path::new("/proc/sys/net/ipv6/conf").exists() {
+        assert_eq!(conf(&format!("ipv6/conf/{a_if}/disable_ipv6")), "1");
+        assert_eq!(conf(&format!("ipv6/conf/{a_if}/accept_ra")), "0");
+        let v6 = std::process::Command::new("ip").args(["-6", "addr", "show", "dev", &a_if]).output().unwrap();
+        assert!(String::from_utf8_lossy(&v6.stdout).trim().is_empty(), "no IPv6 address on the host's end");
+    }
+    assert_eq!(conf(&format!("ipv4/conf/{a_if}/rp_filter")), "1");
+    let rules = std::process::Command::new("iptables").args(["-w", "-S", "WARREN-FORWARD"]).output().unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout).to_string();
+    let first = rules.lines().find(|l| l.starts_with("-A")).unwrap_or("");
+    assert!(first.contains("! -s 10.89.0.0/16") && first.contains("DROP"), "source check first: {rules}");
+
     for id in [&a.id, &b.id, &n.id] {
         p.destroy(id).await.unwrap();
     }

@@ -124,8 +124,23 @@ async fn setup(provider: &impl SandboxProvider, template: &str) -> (SandboxInfo,
 
 /// Runs every probe against workspaces of `template` on `provider`.
 pub async fn run<P: SandboxProvider>(provider: &P, template: &str, kernel: Kernel) {
+    use futures_util::FutureExt as _;
     let (a, root, token) = setup(provider, template).await;
     let (b, root_b, _) = setup(provider, template).await;
+    // The workspaces go whatever happens: a failed probe leaves nothing running.
+    let outcome = std::panic::AssertUnwindSafe(probe_all(kernel, &root, token, &b, &root_b)).catch_unwind().await;
+    for id in [&a.id, &b.id] {
+        let destroyed = provider.destroy(id).await;
+        if outcome.is_ok() {
+            destroyed.expect("destroy");
+        }
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn probe_all(kernel: Kernel, root: &AgentClient, token: Option<String>, b: &SandboxInfo, root_b: &AgentClient) {
     let host_tmp = tempfile_dir();
 
     // Attacks: (what, arguments inside, arguments for the host's control).
@@ -154,7 +169,7 @@ pub async fn run<P: SandboxProvider>(provider: &P, template: &str, kernel: Kerne
         v(&["blockdev", "/tmp", &disk.major, &disk.minor]),
         Some(v(&["blockdev", &host_tmp, &disk.major, &disk.minor])),
     ));
-    out(&root, "mkdir -p /tmp/probe-mnt").await;
+    out(root, "mkdir -p /tmp/probe-mnt").await;
     attacks.push(("mount", v(&["mount", "/tmp/probe-mnt"]), Some(v(&["mount", &host_tmp]))));
     attacks.push(("kernel module", v(&["module"]), Some(v(&["module"]))));
     attacks.push(("keyctl", v(&["keyctl"]), Some(v(&["keyctl"]))));
@@ -193,7 +208,7 @@ pub async fn run<P: SandboxProvider>(provider: &P, template: &str, kernel: Kerne
             assert_eq!(h, "ok", "positive control on the host for {what} ({c:?}) must work, got {h:?}");
         }
         let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let got = inside(&root, &argv).await;
+        let got = inside(root, &argv).await;
         if !got.starts_with("denied") {
             failures.push(format!("{what}: {args:?} inside gave {got:?}"));
         }
@@ -205,24 +220,24 @@ pub async fn run<P: SandboxProvider>(provider: &P, template: &str, kernel: Kerne
     assert!(failures.is_empty(), "attacks that worked from inside the workspace:\n{}", failures.join("\n"));
 
     // What root inside must still be able to do.
-    assert_eq!(inside(&root, &["write", "/proc/self/oom_score_adj", "500"]).await, "ok", "raise own oom_score_adj");
-    assert_eq!(inside(&root, &["ptrace", "child"]).await, "ok", "root inside can debug its own processes");
+    assert_eq!(inside(root, &["write", "/proc/self/oom_score_adj", "500"]).await, "ok", "raise own oom_score_adj");
+    assert_eq!(inside(root, &["ptrace", "child"]).await, "ok", "root inside can debug its own processes");
     if kernel == Kernel::Host {
         // Its own network namespace's sysctls are not behind the read-only
         // /proc/sys (changing them needs CAP_NET_ADMIN, which root inside
         // does not get by default, as with Docker).
-        let mounts = out(&root, "grep ' /proc/sys/net ' /proc/self/mountinfo || true").await;
+        let mounts = out(root, "grep ' /proc/sys/net ' /proc/self/mountinfo || true").await;
         if !mounts.is_empty() {
             assert!(mounts.contains(" rw,"), "/proc/sys/net is mounted read-write: {mounts}");
         }
     }
     // A tenant's environment reaches its processes, and no command line
     // (inside, or on the host where `ps` shows it to every user).
-    assert_eq!(out(&root, "echo $WARREN_PROBE_SECRET").await, SECRET);
+    assert_eq!(out(root, "echo $WARREN_PROBE_SECRET").await, SECRET);
     assert!(host_processes_with(SECRET).is_empty(), "a tenant's secret is on a host command line");
     // The agent's secrets never show in what root inside can read of it.
     for f in ["/proc/1/environ", "/proc/1/cmdline"] {
-        let seen = out(&root, &format!("cat {f} 2>/dev/null | tr '\\0' '\\n'")).await;
+        let seen = out(root, &format!("cat {f} 2>/dev/null | tr '\\0' '\\n'")).await;
         if let Some(t) = &token {
             assert!(!seen.contains(t.as_str()), "the access token is readable in {f}");
         }
@@ -231,7 +246,7 @@ pub async fn run<P: SandboxProvider>(provider: &P, template: &str, kernel: Kerne
 
     // Root inside, seen from the host: never uid 0 (gVisor: not a host process at all).
     let marker = format!("probe-{}", random_token(12).to_lowercase());
-    out(&root, &format!("{PROBE} hold {marker} 30 >/dev/null 2>&1 &")).await;
+    out(root, &format!("{PROBE} hold {marker} 30 >/dev/null 2>&1 &")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seen = host_processes_with(&marker);
     match kernel {
@@ -246,22 +261,19 @@ pub async fn run<P: SandboxProvider>(provider: &P, template: &str, kernel: Kerne
         }
         Kernel::UserSpace => assert!(seen.is_empty(), "a gVisor workspace's process showed up on the host: {seen:?}"),
     }
-    out(&root, &format!("pkill -f {marker} || true")).await;
+    out(root, &format!("pkill -f {marker} || true")).await;
 
     // The other workspace: its files and its agent's socket are out of reach.
     let secret = format!("neighbour-{}", random_token(12).to_lowercase());
-    out(&root_b, &format!("echo {secret} > /root/{secret}")).await;
-    assert_eq!(out(&root_b, &format!("cat /root/{secret}")).await, secret, "control: B reads its own file");
+    out(root_b, &format!("echo {secret} > /root/{secret}")).await;
+    assert_eq!(out(root_b, &format!("cat /root/{secret}")).await, secret, "control: B reads its own file");
     let found =
-        out(&root, &format!("find / -xdev -name {secret} 2>/dev/null; cat /root/{secret} 2>/dev/null; true")).await;
+        out(root, &format!("find / -xdev -name {secret} 2>/dev/null; cat /root/{secret} 2>/dev/null; true")).await;
     assert!(found.is_empty(), "workspace A found B's file: {found}");
     if let warren_proto::endpoint::Endpoint::Unix(sock) = &b.endpoint {
         assert!(sock.exists(), "control: B's agent socket exists on the host");
         let s = sock.display();
-        assert_eq!(out(&root, &format!("test -e {s} && echo reachable || echo absent")).await, "absent");
-    }
-    for id in [&a.id, &b.id] {
-        provider.destroy(id).await.expect("destroy");
+        assert_eq!(out(root, &format!("test -e {s} && echo reachable || echo absent")).await, "absent");
     }
 }
 
