@@ -273,11 +273,18 @@ async fn bench_create(dir: &Path, n: usize) -> Result<()> {
     rows.push(Series { name: "docker run --rm --network none … true".into(), ms: docker });
     let docker_runsc = if docker_up() && have("hyperfine") && have("runsc") {
         let img = docker_image()?;
-        hyperfine(&format!("docker run --runtime=runsc --rm --network none {img} /bin/true"), n.min(30), None)?
+        hyperfine(
+            &format!("docker run --runtime=runsc --userns=host --rm --network none {img} /bin/true"),
+            n.min(30),
+            None,
+        )?
     } else {
         vec![]
     };
-    rows.push(Series { name: "docker run --runtime=runsc --rm --network none … true".into(), ms: docker_runsc });
+    rows.push(Series {
+        name: "docker run --runtime=runsc --userns=host --rm --network none … true".into(),
+        ms: docker_runsc,
+    });
     report("Cold create (local provider: native and gVisor runtimes)", "warren local: create → agent healthy", rows);
     Ok(())
 }
