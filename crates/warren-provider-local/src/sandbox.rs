@@ -126,6 +126,10 @@ fn launch(cfg: &SandboxConfig) -> io::Result<i32> {
     // not the host's root, so one workspace cannot starve the host or
     // another. Only the effective ids change for the clone; the real and
     // saved ids stay 0 and bring the host's privileges back right after.
+    // The workspace's root builds its part of the tree from here, by
+    // relative paths: the way to the data directory may be closed to its
+    // ids (a 0700 directory of the host's root).
+    ctx(nix::unistd::chdir(&cfg.dir), || format!("chdir {}", cfg.dir.display()))?;
     let owner = cfg.ids.host_id(0);
     ctx(nix::unistd::setresgid(keep_gid(), nix::unistd::Gid::from_raw(owner), keep_gid()), || "setresgid".into())?;
     if let Err(e) = nix::unistd::setresuid(keep_uid(), nix::unistd::Uid::from_raw(owner), keep_uid()) {
@@ -343,7 +347,8 @@ fn init(cfg: &SandboxConfig, listen_fd: i32) -> io::Result<std::convert::Infalli
     ctx(nix::unistd::setresgid(root_gid, root_gid, root_gid), || "setresgid".into())?;
     ctx(nix::unistd::setgroups(&[]), || "setgroups".into())?;
     ctx(nix::unistd::setresuid(root_uid, root_uid, root_uid), || "setresuid".into())?;
-    let rootfs = cfg.dir.join("rootfs");
+    // Relative to the workspace directory, the inherited working directory.
+    let rootfs = PathBuf::from("rootfs");
     let nosuid_dev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let plain = nosuid_dev | MsFlags::MS_NOEXEC;
 

@@ -307,6 +307,11 @@ async fn the_device_cgroup_allows_only_the_workspace_devices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_keeps_its_powers_and_each_workspace_has_its_own_ids() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A data directory closed to everyone but the host's root (as mktemp -d
+    // makes it): the workspace's own ids never need to pass it.
+    for d in [&d1, &d2] {
+        std::fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
     let (p1, p2) = (common::provider(d1.path()), common::provider(d2.path()));
     let (a, b) = (create(&p1, small()).await, create(&p2, small()).await);
     let script = "touch /root/f && chown 1000:1000 /root/f && stat -c %u:%g /root/f; \

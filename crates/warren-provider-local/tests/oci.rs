@@ -165,6 +165,18 @@ async fn bad_archives_and_names_are_refused() {
     assert_eq!(p.templates().await.unwrap().len(), 1, "nothing was added");
 }
 
+/// A header of a link or device entry, owned by root.
+fn special(kind: tar::EntryType, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mode(mode);
+    h.set_mtime(1_700_000_000);
+    h
+}
+
 /// A layer written to attack the host through the importer: a symlink to a
 /// host directory, then whiteouts, an opaque marker and files through it; a
 /// hard link through it; a block device node.
@@ -179,27 +191,14 @@ async fn a_malicious_layer_cannot_touch_the_host() {
     let host_dir = hp.display().to_string();
 
     let mut l = tar::Builder::new(Vec::new());
-    let mut link = tar::Header::new_gnu();
-    link.set_entry_type(tar::EntryType::Symlink);
-    link.set_size(0);
-    link.set_uid(0);
-    link.set_gid(0);
-    link.set_mode(0o777);
-    link.set_mtime(1_700_000_000);
-    l.append_link(&mut link, "evil", &host_dir).unwrap();
+    l.append_link(&mut special(tar::EntryType::Symlink, 0o777), "evil", &host_dir).unwrap();
     add_file(&mut l, "evil/.wh.victim.txt", b"", 0o644);
     add_file(&mut l, "evil/sub/.wh..wh..opq", b"", 0o644);
     add_file(&mut l, "evil/planted.txt", b"planted", 0o644);
     add_file(&mut l, "bin/sh", &std::fs::read("/usr/bin/dash").unwrap(), 0o755);
-    let mut dev = tar::Header::new_gnu();
-    dev.set_entry_type(tar::EntryType::Block);
-    dev.set_size(0);
-    dev.set_uid(0);
-    dev.set_gid(0);
-    dev.set_mode(0o666);
+    let mut dev = special(tar::EntryType::Block, 0o666);
     dev.set_device_major(8).unwrap();
     dev.set_device_minor(0).unwrap();
-    dev.set_mtime(1_700_000_000);
     l.append_data(&mut dev, "disk", &[][..]).unwrap();
     let layer = l.into_inner().unwrap();
     let archive = |layer: &[u8], name: &str| {
@@ -241,20 +240,8 @@ async fn a_malicious_layer_cannot_touch_the_host() {
 
     // A hard link through the symlink to a host file: refused, nothing changes.
     let mut l = tar::Builder::new(Vec::new());
-    let mut link = tar::Header::new_gnu();
-    link.set_entry_type(tar::EntryType::Symlink);
-    link.set_size(0);
-    link.set_uid(0);
-    link.set_gid(0);
-    link.set_mode(0o777);
-    l.append_link(&mut link, "evil", &host_dir).unwrap();
-    let mut hard = tar::Header::new_gnu();
-    hard.set_entry_type(tar::EntryType::Link);
-    hard.set_size(0);
-    hard.set_uid(0);
-    hard.set_gid(0);
-    hard.set_mode(0o644);
-    l.append_link(&mut hard, "stolen", "evil/victim.txt").unwrap();
+    l.append_link(&mut special(tar::EntryType::Symlink, 0o777), "evil", &host_dir).unwrap();
+    l.append_link(&mut special(tar::EntryType::Link, 0o644), "stolen", "evil/victim.txt").unwrap();
     let before = std::fs::read_dir(&layers).unwrap().count();
     match p.import_template("evil2", &archive(&l.into_inner().unwrap(), "evil2.tar")).await {
         Err(ProviderError::InvalidSpec(m)) => assert!(m.contains("stolen") || m.contains("victim"), "{m}"),
