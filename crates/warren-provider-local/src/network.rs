@@ -27,26 +27,24 @@ fn ok(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd).args(args).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
-/// Adds `rule` to `chain` of `table` unless it is there.
-fn ensure_rule(table: &str, chain: &str, rule: &[&str]) -> Result<(), String> {
-    let mut check = vec!["-w", "-t", table, "-C", chain];
-    check.extend_from_slice(rule);
-    if ok("iptables", &check) {
-        return Ok(());
-    }
-    let mut add = vec!["-w", "-t", table, "-A", chain];
-    add.extend_from_slice(rule);
-    run("iptables", &add)
+/// Where [`ensure_rule`] puts a missing rule.
+#[derive(Clone, Copy)]
+enum At {
+    End,
+    Head,
 }
 
-/// Like [`ensure_rule`], inserted at the head of the chain.
-fn ensure_rule_first(table: &str, chain: &str, rule: &[&str]) -> Result<(), String> {
+/// Adds `rule` to `chain` of `table` unless it is there.
+fn ensure_rule(table: &str, chain: &str, rule: &[&str], at: At) -> Result<(), String> {
     let mut check = vec!["-w", "-t", table, "-C", chain];
     check.extend_from_slice(rule);
     if ok("iptables", &check) {
         return Ok(());
     }
-    let mut add = vec!["-w", "-t", table, "-I", chain, "1"];
+    let mut add = match at {
+        At::End => vec!["-w", "-t", table, "-A", chain],
+        At::Head => vec!["-w", "-t", table, "-I", chain, "1"],
+    };
     add.extend_from_slice(rule);
     run("iptables", &add)
 }
@@ -66,27 +64,29 @@ pub fn install_rules() -> Result<(), String> {
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
     let wv = format!("{PREFIX}+");
     ensure_chain("filter", "WARREN-FORWARD", "FORWARD")?;
-    ensure_rule("filter", "WARREN-FORWARD", &["-i", &wv, "-d", POOL, "-j", "DROP"])?;
+    ensure_rule("filter", "WARREN-FORWARD", &["-i", &wv, "-d", POOL, "-j", "DROP"], At::End)?;
     // Only workspace addresses may leave (behind each workspace's strict
     // reverse-path filter); first in the chain, also on hosts whose chain
     // an older warren made.
-    ensure_rule_first("filter", "WARREN-FORWARD", &["-i", &wv, "!", "-s", POOL, "-j", "DROP"])?;
-    ensure_rule("filter", "WARREN-FORWARD", &["-i", &wv, "-j", "ACCEPT"])?;
+    ensure_rule("filter", "WARREN-FORWARD", &["-i", &wv, "!", "-s", POOL, "-j", "DROP"], At::Head)?;
+    ensure_rule("filter", "WARREN-FORWARD", &["-i", &wv, "-j", "ACCEPT"], At::End)?;
     ensure_rule(
         "filter",
         "WARREN-FORWARD",
         &["-o", &wv, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        At::End,
     )?;
-    ensure_rule("filter", "WARREN-FORWARD", &["-o", &wv, "-j", "DROP"])?;
+    ensure_rule("filter", "WARREN-FORWARD", &["-o", &wv, "-j", "DROP"], At::End)?;
     ensure_chain("filter", "WARREN-INPUT", "INPUT")?;
     ensure_rule(
         "filter",
         "WARREN-INPUT",
         &["-i", &wv, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        At::End,
     )?;
-    ensure_rule("filter", "WARREN-INPUT", &["-i", &wv, "-j", "DROP"])?;
+    ensure_rule("filter", "WARREN-INPUT", &["-i", &wv, "-j", "DROP"], At::End)?;
     ensure_chain("nat", "WARREN-POSTROUTING", "POSTROUTING")?;
-    ensure_rule("nat", "WARREN-POSTROUTING", &["-s", POOL, "!", "-d", POOL, "-j", "MASQUERADE"])?;
+    ensure_rule("nat", "WARREN-POSTROUTING", &["-s", POOL, "!", "-d", POOL, "-j", "MASQUERADE"], At::End)?;
     Ok(())
 }
 
