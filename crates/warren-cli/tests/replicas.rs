@@ -221,7 +221,11 @@ fn kill_9_during_load_loses_nothing_and_quotas_hold_across_replicas() {
     let redis_dir = root.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
     let (_redis, url) = redis(&redis_dir);
-    let quota = "[tenant_quotas.capped]\nmax_workspaces = 1";
+    // The chaos load below creates workspaces for seconds without removing
+    // them: its tenant states no limits (the safe defaults would stop it).
+    let quota = "[tenant_quotas.capped]\nmax_workspaces = 1\n\
+                 [tenant_quotas.load]\nmax_workspaces = \"unlimited\"\nmax_millicpus = \"unlimited\"\n\
+                 max_memory_mib = \"unlimited\"";
     let mut a = replica_with(root.path(), "node-a", &url, quota, 300);
     let b = Arc::new(replica_with(root.path(), "node-b", &url, quota, 300));
     let c = Arc::new(replica_with(root.path(), "node-c", &url, quota, 300));
