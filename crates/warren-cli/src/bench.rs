@@ -127,6 +127,7 @@ fn provider(dir: &Path) -> Result<LocalProvider> {
 
 fn spec(size: Size) -> CreateSpec {
     CreateSpec {
+        tenant: None,
         id: WorkspaceId::generate(),
         template: "base".into(),
         size,
@@ -295,7 +296,7 @@ async fn bench_exec(dir: &Path, n: usize) -> Result<()> {
     let key = "e2b_bench0000000000000000000000000000000000";
     use warren_store::StateStore as _;
     store
-        .put_api_key(&warren_server::auth::record(key, "default", "bench", true, 0))
+        .put_api_key(&warren_server::auth::record(key, &warren_core::TenantId::operator(), "bench", true, 0))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let orch = Arc::new(warren_orchestrator::Orchestrator::new(p, store, Arc::new(SystemClock), Default::default()));
@@ -307,11 +308,7 @@ async fn bench_exec(dir: &Path, n: usize) -> Result<()> {
         std::future::pending(),
     ));
     let ws = orch
-        .create(warren_orchestrator::CreateRequest {
-            tenant: "default".into(),
-            template: "base".into(),
-            ..Default::default()
-        })
+        .create(warren_orchestrator::CreateRequest::new(warren_core::TenantId::operator(), "base"))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_, agent) = orch.agent(None, &ws.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -435,7 +432,7 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
     let store = Arc::new(warren_store::RedbStore::open(&dir.join("list.redb")).map_err(|e| anyhow::anyhow!("{e}"))?);
     let key = "e2b_bench0000000000000000000000000000000000";
     store
-        .put_api_key(&warren_server::auth::record(key, "default", "bench", true, 0))
+        .put_api_key(&warren_server::auth::record(key, &warren_core::TenantId::operator(), "bench", true, 0))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let have = store.list_workspaces().await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
@@ -447,7 +444,7 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
         let ev = warren_store::NewEvent {
             at_ms: 0,
             workspace: r.id.clone(),
-            tenant: r.tenant.clone(),
+            tenant: r.tenant().cloned(),
             size: r.size,
             kind: warren_store::EventKind::Created { template: "base".into() },
             backend: r.provider.clone(),
@@ -552,11 +549,12 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
         };
         let store = Arc::new(warren_store::MemoryStore::new());
         store
-            .put_api_key(&warren_server::auth::record(key, "default", "bench", true, 0))
+            .put_api_key(&warren_server::auth::record(key, &warren_core::TenantId::operator(), "bench", true, 0))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let pools = if target > 0 {
             vec![warren_orchestrator::pool::PoolSpec {
+                name: None,
                 template: template.into(),
                 size: None,
                 target,

@@ -583,7 +583,7 @@ async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) ->
             bail!("the preset admin key must be 16 to 256 printable characters");
         }
         if store.get_api_key(&auth::hash_key(&key)).await?.is_none() {
-            store.put_api_key(&auth::record(&key, "default", "admin (preset)", true, now)).await?;
+            store.put_api_key(&auth::record(&key, &warren_core::TenantId::operator(), "admin (preset)", true, now)).await?;
         }
         return Ok(None);
     }
@@ -591,7 +591,7 @@ async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) ->
         return Ok(None);
     }
     let key = auth::new_key();
-    store.put_api_key(&auth::record(&key, "default", "admin", true, now)).await?;
+    store.put_api_key(&auth::record(&key, &warren_core::TenantId::operator(), "admin", true, now)).await?;
     // Root-only copy so that the CLI on this machine finds it.
     let path = data_dir.join("admin.key");
     std::fs::write(&path, format!("{key}\n")).with_context(|| format!("writing {}", path.display()))?;
@@ -667,6 +667,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             ..OrchConfig::default()
         },
     ));
+    let migrated = orch.migrate_records().await.map_err(|e| anyhow::anyhow!("migrating stored records: {e}"))?;
+    if migrated > 0 {
+        eprintln!("warren: {migrated} stored workspace record(s) rewritten in the current layout");
+    }
     let report = orch.reconcile().await.map_err(|e| anyhow::anyhow!("reconcile: {e}"))?;
     if report != Default::default() {
         eprintln!(

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use warren_core::{random_token, Clock, Size, State, WorkspaceId};
+use warren_core::{random_token, Clock, Size, State, TenantId, WorkspaceId};
 use warren_proto::client::AgentClient;
 use warren_provider::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxProvider, Stats, TemplateInfo};
-use warren_store::{EventKind, NewEvent, NodeRecord, StateStore, StoreError, WorkspaceRecord};
+use warren_store::{EventKind, NewEvent, NodeRecord, Owner, StateStore, StoreError, WorkspaceRecord, RECORD_SCHEMA};
 
 pub mod pool;
 
@@ -165,9 +165,9 @@ impl From<ProviderError> for Error {
 }
 
 /// A request for a new workspace.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CreateRequest {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub template: String,
     pub size: Option<Size>,
     pub timeout: Option<Duration>,
@@ -175,6 +175,46 @@ pub struct CreateRequest {
     pub metadata: BTreeMap<String, String>,
     /// None: the backend's default (loopback only where it can).
     pub network: Option<NetworkMode>,
+}
+
+impl CreateRequest {
+    /// A request for `template` with every other field at its default.
+    pub fn new(tenant: TenantId, template: impl Into<String>) -> Self {
+        CreateRequest {
+            tenant,
+            template: template.into(),
+            size: None,
+            timeout: None,
+            env: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            network: None,
+        }
+    }
+}
+
+/// What a new record is made from: a tenant's request, or a pool's refill.
+struct Fresh<'a> {
+    owner: Owner,
+    template: &'a str,
+    size: Option<Size>,
+    timeout: Option<Duration>,
+    env: &'a BTreeMap<String, String>,
+    metadata: &'a BTreeMap<String, String>,
+    network: Option<NetworkMode>,
+}
+
+impl<'a> Fresh<'a> {
+    fn of(req: &'a CreateRequest) -> Self {
+        Fresh {
+            owner: Owner::Tenant { tenant: req.tenant.clone() },
+            template: &req.template,
+            size: req.size,
+            timeout: req.timeout,
+            env: &req.env,
+            metadata: &req.metadata,
+            network: req.network,
+        }
+    }
 }
 
 /// What reconcile found and did.
@@ -200,7 +240,7 @@ pub struct Orchestrator {
     shared_jobs: std::sync::atomic::AtomicBool,
     /// Per-tenant admission: the quota check and the claim or the insert of
     /// the new record happen under it, so concurrent creates cannot overshoot.
-    admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<std::collections::VecDeque<u64>>>>>,
+    admission: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<std::collections::VecDeque<u64>>>>>,
 }
 
 /// What a create holds while it is admitted: the tenant's local admission
@@ -215,7 +255,7 @@ fn event(rec: &WorkspaceRecord, at_ms: u64, kind: EventKind) -> NewEvent {
     NewEvent {
         at_ms,
         workspace: rec.id.clone(),
-        tenant: rec.tenant.clone(),
+        tenant: rec.tenant().cloned(),
         size: rec.size,
         kind,
         backend: rec.provider.clone(),
@@ -307,9 +347,6 @@ impl Orchestrator {
     /// ready member of a matching warm pool when there is one, else a new one.
     pub async fn create(&self, req: CreateRequest) -> Result<WorkspaceRecord> {
         let size = req.size.unwrap_or(self.cfg.default_size);
-        if req.tenant == pool::POOL_TENANT {
-            return self.create_new(req, None).await;
-        }
         self.cfg.max_size.check(&size)?;
         let lock = {
             let mut m = self.admission.lock().unwrap_or_else(|p| p.into_inner());
@@ -351,13 +388,13 @@ impl Orchestrator {
                     return Err(e);
                 }
             }
-            return self.create_new(req, Some(Admission { recent, lease })).await;
+            return self.create_new(Fresh::of(&req), Some(Admission { recent, lease })).await;
         }
     }
 
     /// Takes the store lease arbitrating `tenant`'s quota across replicas,
     /// waiting for another replica's create to finish its check.
-    async fn quota_lease(&self, tenant: &str, holder: &str) -> Result<(String, String)> {
+    async fn quota_lease(&self, tenant: &TenantId, holder: &str) -> Result<(String, String)> {
         let name = format!("quota:{tenant}");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut pause = Duration::from_millis(1);
@@ -382,12 +419,12 @@ impl Orchestrator {
         }
     }
 
-    fn quota(&self, tenant: &str) -> &Quota {
-        self.cfg.tenant_quotas.get(tenant).unwrap_or(&self.cfg.default_quota)
+    fn quota(&self, tenant: &TenantId) -> &Quota {
+        self.cfg.tenant_quotas.get(tenant.as_str()).unwrap_or(&self.cfg.default_quota)
     }
 
     /// Refuses a create that would take `tenant` over its quota.
-    async fn check_quota(&self, tenant: &str, size: &Size, recent: &mut std::collections::VecDeque<u64>) -> Result<()> {
+    async fn check_quota(&self, tenant: &TenantId, size: &Size, recent: &mut std::collections::VecDeque<u64>) -> Result<()> {
         let q = self.quota(tenant).clone();
         if q == Quota::default() {
             return Ok(());
@@ -408,7 +445,7 @@ impl Orchestrator {
             .list_workspaces()
             .await?
             .into_iter()
-            .filter(|r| r.tenant == tenant && r.state.is_live())
+            .filter(|r| r.is_owned_by(tenant) && r.state.is_live())
             .collect();
         if let Some(max) = q.max_workspaces {
             if live.len() >= max {
@@ -441,11 +478,11 @@ impl Orchestrator {
 
     /// Always makes a new workspace (no pool, no quota: for internal use).
     pub async fn create_cold(&self, req: CreateRequest) -> Result<WorkspaceRecord> {
-        self.create_new(req, None).await
+        self.create_new(Fresh::of(&req), None).await
     }
 
     /// Validates a create and stores its record (state `creating`).
-    async fn insert_new(&self, req: &CreateRequest) -> Result<(WorkspaceRecord, Size, Duration)> {
+    async fn insert_new(&self, req: &Fresh<'_>) -> Result<(WorkspaceRecord, Size, Duration)> {
         let size = req.size.unwrap_or(self.cfg.default_size);
         size.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let timeout = req.timeout.unwrap_or(self.cfg.default_timeout);
@@ -459,14 +496,15 @@ impl Orchestrator {
             }
         }
         let templates = self.provider.templates().await?;
-        if !templates.iter().any(|t| t.name == req.template) {
+        if !templates.iter().any(|t| t.name == *req.template) {
             return Err(Error::NotFound(format!("template '{}' not found", req.template)));
         }
         let now = self.clock.now_ms();
         let rec = WorkspaceRecord {
+            schema: RECORD_SCHEMA,
             id: WorkspaceId::generate(),
-            tenant: req.tenant.clone(),
-            template: req.template.clone(),
+            owner: req.owner.clone(),
+            template: req.template.to_string(),
             size,
             state: State::Creating,
             provider: self.provider.name().to_string(),
@@ -495,7 +533,7 @@ impl Orchestrator {
 
     /// Makes a new workspace; `admission` is released once its record is
     /// stored (or the create refused).
-    async fn create_new(&self, req: CreateRequest, admission: Option<Admission>) -> Result<WorkspaceRecord> {
+    async fn create_new(&self, req: Fresh<'_>, admission: Option<Admission>) -> Result<WorkspaceRecord> {
         let stored = self.insert_new(&req).await;
         if let Some(Admission { mut recent, lease }) = admission {
             if stored.is_ok() {
@@ -513,7 +551,12 @@ impl Orchestrator {
             size,
             network: NetworkMode::default(),
             env: rec.env.clone(),
-            labels: [("tenant".to_string(), rec.tenant.clone())].into(),
+            tenant: rec.tenant().cloned(),
+            // For operators looking at the backend; nothing reads them back.
+            labels: match &rec.owner {
+                Owner::Tenant { tenant } => [("tenant".to_string(), tenant.to_string())].into(),
+                Owner::Pool { pool, .. } => [("pool".to_string(), pool.clone())].into(),
+            },
             init_token: rec.init_token.clone(),
             access_token: Some(rec.access_token.clone()),
         };
@@ -527,7 +570,7 @@ impl Orchestrator {
         };
         match self.provider.create(&spec).await {
             Ok(info) => {
-                let endpoint = info.endpoint.to_string();
+                let endpoint = info.endpoint.clone();
                 let started = self.clock.now_ms();
                 let backend_token = info.access_token.clone();
                 // Behind a router, the backend that took it (metering prices its time).
@@ -558,7 +601,7 @@ impl Orchestrator {
     }
 
     /// A workspace visible to `tenant` (`None`: any tenant, for admins).
-    pub async fn get(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
+    pub async fn get(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.store.get_workspace(id).await?;
         match rec {
             // A workspace still being created is not the tenant's yet (the
@@ -566,8 +609,8 @@ impl Orchestrator {
             // nothing half-made in sight.
             Some(r)
                 if r.state != State::Deleted
-                    && r.tenant != pool::POOL_TENANT
-                    && tenant.is_none_or(|t| t == r.tenant && r.state != State::Creating) =>
+                    && !r.is_pool_member()
+                    && tenant.is_none_or(|t| r.is_owned_by(t) && r.state != State::Creating) =>
             {
                 Ok(r)
             }
@@ -610,7 +653,7 @@ impl Orchestrator {
         &self.cfg.node
     }
 
-    pub async fn list(&self, tenant: Option<&str>) -> Result<Vec<WorkspaceRecord>> {
+    pub async fn list(&self, tenant: Option<&TenantId>) -> Result<Vec<WorkspaceRecord>> {
         let mut all: Vec<_> = self
             .store
             .list_workspaces()
@@ -618,8 +661,8 @@ impl Orchestrator {
             .into_iter()
             .filter(|r| {
                 r.state != State::Deleted
-                    && r.tenant != pool::POOL_TENANT
-                    && tenant.is_none_or(|t| t == r.tenant && r.state != State::Creating)
+                    && !r.is_pool_member()
+                    && tenant.is_none_or(|t| r.is_owned_by(t) && r.state != State::Creating)
             })
             .collect();
         all.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
@@ -627,7 +670,7 @@ impl Orchestrator {
     }
 
     /// Ends a workspace and releases everything it held.
-    pub async fn kill(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<()> {
+    pub async fn kill(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<()> {
         self.get(tenant, id).await?;
         self.kill_any(id).await
     }
@@ -654,7 +697,7 @@ impl Orchestrator {
     }
 
     /// Sets the timeout to `t` from now (E2B semantics: it may shorten).
-    pub async fn set_timeout(&self, tenant: Option<&str>, id: &WorkspaceId, t: Duration) -> Result<WorkspaceRecord> {
+    pub async fn set_timeout(&self, tenant: Option<&TenantId>, id: &WorkspaceId, t: Duration) -> Result<WorkspaceRecord> {
         self.validate_timeout(t)?;
         let rec = self.get(tenant, id).await?;
         if !matches!(rec.state, State::Running | State::Paused) {
@@ -694,7 +737,7 @@ impl Orchestrator {
     /// `t` from now only if that is later (the TTL is only ever extended).
     pub async fn connect(
         &self,
-        tenant: Option<&str>,
+        tenant: Option<&TenantId>,
         id: &WorkspaceId,
         t: Duration,
     ) -> Result<(WorkspaceRecord, bool)> {
@@ -711,7 +754,7 @@ impl Orchestrator {
         Ok((rec, resumed))
     }
 
-    pub async fn pause(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
+    pub async fn pause(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.get(tenant, id).await?;
         match rec.state {
             State::Running => {}
@@ -725,7 +768,7 @@ impl Orchestrator {
         self.transition(id, State::Paused, |_| {}).await
     }
 
-    pub async fn resume(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
+    pub async fn resume(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.get(tenant, id).await?;
         match rec.state {
             State::Paused => {}
@@ -736,13 +779,13 @@ impl Orchestrator {
         self.transition(id, State::Running, |_| {}).await
     }
 
-    pub async fn stats(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<Stats> {
+    pub async fn stats(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<Stats> {
         self.get(tenant, id).await?;
         Ok(self.provider.stats(id).await?)
     }
 
     /// A client for a running workspace's agent, with its access token.
-    pub async fn agent(&self, tenant: Option<&str>, id: &WorkspaceId) -> Result<(WorkspaceRecord, AgentClient)> {
+    pub async fn agent(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<(WorkspaceRecord, AgentClient)> {
         let rec = self.get(tenant, id).await?;
         if rec.state != State::Running {
             return Err(Error::Conflict(format!("workspace {id} is {}, not running", rec.state.as_str())));
@@ -754,7 +797,6 @@ impl Orchestrator {
         let client = match clients.get(id) {
             Some(c) => c.clone(),
             None => {
-                let ep = ep.parse().map_err(|e: String| Error::Internal(e))?;
                 let c = AgentClient::new(ep).with_access_token(Some(rec.access_token.clone()));
                 clients.insert(id.clone(), c.clone());
                 c
@@ -781,12 +823,12 @@ impl Orchestrator {
         let mut n = 0;
         for rec in self.my_workspaces().await? {
             if rec.state != State::Running
-                || rec.tenant == pool::POOL_TENANT
+                || rec.is_pool_member()
                 || self.last_activity(&rec) + limit.as_millis() as u64 > now
             {
                 continue;
             }
-            let Some(ep) = rec.endpoint.as_ref().and_then(|e| e.parse().ok()) else { continue };
+            let Some(ep) = rec.endpoint.clone() else { continue };
             let agent = AgentClient::new(ep).with_access_token(Some(rec.access_token.clone()));
             match agent.list().await {
                 Ok(procs) if procs.is_empty() => {}
@@ -815,7 +857,7 @@ impl Orchestrator {
         let now = self.clock.now_ms();
         let mut n = 0;
         for rec in self.my_workspaces().await? {
-            let pooled = rec.tenant == pool::POOL_TENANT;
+            let pooled = rec.is_pool_member();
             let expired = !pooled && matches!(rec.state, State::Running | State::Paused) && rec.expires_at_ms <= now;
             // A kill that died half-way is finished; failures stay visible for a while.
             let stuck = (rec.state == State::Stopping && rec.updated_at_ms + 60_000 <= now)
@@ -983,6 +1025,35 @@ impl Orchestrator {
         Ok(marked)
     }
 
+    /// Rewrites records an older version stored (read through the store's
+    /// converter) in the current layout. Idempotent; replicas racing on it
+    /// serialise on each record. Returns how many were rewritten.
+    pub async fn migrate_records(&self) -> Result<usize> {
+        let mut n = 0;
+        for rec in self.store.list_workspaces().await? {
+            if rec.schema >= RECORD_SCHEMA {
+                continue;
+            }
+            let result = self
+                .store
+                .update_workspace(
+                    &rec.id,
+                    Box::new(|r| {
+                        r.schema = RECORD_SCHEMA;
+                        Ok(None)
+                    }),
+                )
+                .await;
+            match result {
+                Ok(_) => n += 1,
+                // Deleted meanwhile: nothing to migrate.
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
+    }
+
     /// Brings store and backend into agreement after a (re)start: adopts
     /// what still runs, fails what died, removes what nobody knows.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
@@ -1002,10 +1073,10 @@ impl Orchestrator {
                 }
                 (State::Creating | State::Running | State::Paused, Some(info)) if info.state != RunState::Exited => {
                     let want = if info.state == RunState::Paused { State::Paused } else { State::Running };
-                    let endpoint = info.endpoint.to_string();
+                    let endpoint = info.endpoint.clone();
                     if rec.state != want {
                         self.transition(&rec.id, want, move |r| r.endpoint = Some(endpoint)).await?;
-                    } else if rec.endpoint.as_deref() != Some(endpoint.as_str()) {
+                    } else if rec.endpoint.as_ref() != Some(&endpoint) {
                         self.store
                             .update_workspace(
                                 &rec.id,

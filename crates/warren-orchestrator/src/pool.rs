@@ -1,12 +1,14 @@
 //! Warm pools: workspaces created ahead of demand, proven ready, and handed
 //! out on create in one atomic store update.
 //!
-//! A pool member is an ordinary workspace owned by the pseudo-tenant
-//! [`POOL_TENANT`], hidden from listings and never reaped by timeout. It
-//! joins the pool only after its agent answered and ran a real command
-//! (metadata `ready=1`). A claim is a compare-and-set on the record (still
-//! the pool's, still ready → the tenant's), so no two requests can get the
-//! same workspace, whatever the number of server replicas sharing the store.
+//! A pool member is an ordinary workspace whose owner is its pool
+//! ([`Owner::Pool`]), hidden from listings and never reaped by timeout. It
+//! becomes claimable only after its agent answered and ran a real command
+//! (`ready`). A claim is a compare-and-set on the record (still the pool's,
+//! still ready, on the backend the tenant's creates are routed to → the
+//! tenant's), so no two requests can get the same workspace, whatever the
+//! number of server replicas sharing the store. Members of a pool no longer
+//! configured are drained.
 //! The claimed workspace is then personalised through the agent's `/init`
 //! (fresh access token, environment); it never goes back to the pool.
 //!
@@ -26,12 +28,9 @@ use warren_core::autoscale::{PolicyConfig, PoolPolicy};
 use warren_core::{random_token, Size, State, WorkspaceId};
 use warren_proto::client::AgentClient;
 use warren_proto::http::InitRequest;
-use warren_store::{EventKind, NewEvent, StoreError, WorkspaceRecord};
+use warren_store::{EventKind, NewEvent, Owner, StoreError, WorkspaceRecord};
 
-use crate::{CreateRequest, Error, Orchestrator, Result};
-
-/// The pseudo-tenant owning unclaimed pool members.
-pub const POOL_TENANT: &str = "__pool__";
+use crate::{CreateRequest, Error, Fresh, Orchestrator, Result};
 /// Pool creates in flight at once, per pool.
 const REFILL_CONCURRENCY: usize = 4;
 /// A refill waits until no claim came in for this long: during a burst the
@@ -58,6 +57,10 @@ pub(crate) struct Taken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolSpec {
+    /// Names the pool in its members' records (default: the template, with
+    /// the size when the template has several pools).
+    #[serde(default)]
+    pub name: Option<String>,
     pub template: String,
     #[serde(default)]
     pub size: Option<Size>,
@@ -157,6 +160,7 @@ impl Counters {
 }
 
 pub struct Pools {
+    /// Each pool with its resolved, unique name.
     specs: Vec<(PoolSpec, Arc<Counters>)>,
     /// Set by [`Orchestrator::stop_pools`]: no more refills.
     stopped: AtomicBool,
@@ -164,10 +168,24 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(specs: &[PoolSpec]) -> Self {
-        Pools {
-            specs: specs.iter().map(|s| (s.clone(), Arc::new(Counters::new(s)))).collect(),
-            stopped: AtomicBool::new(false),
+        let mut named: Vec<(PoolSpec, Arc<Counters>)> = Vec::new();
+        for s in specs {
+            let shared = specs.iter().filter(|o| o.template == s.template).count() > 1;
+            let base = s.name.clone().unwrap_or_else(|| match (shared, s.size) {
+                (true, Some(z)) => format!("{}-{}m-{}mib", s.template, z.millicpus, z.memory_mib),
+                _ => s.template.clone(),
+            });
+            let mut name = base.clone();
+            let mut n = 1;
+            while named.iter().any(|(o, _)| o.name.as_deref() == Some(name.as_str())) {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            let spec = PoolSpec { name: Some(name), ..s.clone() };
+            let counters = Arc::new(Counters::new(&spec));
+            named.push((spec, counters));
         }
+        Pools { specs: named, stopped: AtomicBool::new(false) }
     }
 }
 
@@ -175,6 +193,7 @@ impl Pools {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatus {
+    pub name: String,
     pub template: String,
     pub size: Size,
     /// What the pool aims for now (fixed, or the adaptive policy's answer).
@@ -200,8 +219,21 @@ pub struct PoolStatus {
     pub claim_latency_sum_us: u64,
 }
 
-fn is_member(r: &WorkspaceRecord, template: &str, size: &Size) -> bool {
-    r.tenant == POOL_TENANT && r.template == template && r.size == *size
+impl PoolSpec {
+    /// The resolved name ([`Pools::new`] always sets one).
+    fn key(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.template)
+    }
+}
+
+/// Whether `r` is a member of the pool named `pool`.
+fn is_member(r: &WorkspaceRecord, pool: &str) -> bool {
+    matches!(&r.owner, Owner::Pool { pool: p, .. } if p == pool)
+}
+
+/// Whether `r` is a claimable member of the pool named `pool`.
+fn is_ready_member(r: &WorkspaceRecord, pool: &str) -> bool {
+    r.state == State::Running && matches!(&r.owner, Owner::Pool { pool: p, ready: true, .. } if p == pool)
 }
 
 impl Orchestrator {
@@ -226,9 +258,16 @@ impl Orchestrator {
         else {
             return Ok(None);
         };
-        let counters = &self.pools.specs[i].1;
+        let (spec, counters) = &self.pools.specs[i];
         let timeout = req.timeout.unwrap_or(self.cfg.default_timeout);
         self.validate_timeout(timeout)?;
+        // Members are built where a create for nobody goes; a tenant routed
+        // elsewhere gets a workspace of its own backend, never a member.
+        let backend = self.provider.placement(&req.template, Some(&req.tenant));
+        if backend != self.provider.placement(&req.template, None) {
+            return Ok(None);
+        }
+        let pool_name = spec.key().to_string();
         let started = Instant::now();
         counters.policy().record_claim(self.clock.now_ms());
         *counters.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
@@ -238,18 +277,20 @@ impl Orchestrator {
             let now = self.clock.now_ms();
             let (tenant, metadata, env, new_token) =
                 (req.tenant.clone(), req.metadata.clone(), req.env.clone(), token.clone());
+            let (pool_name, backend) = (pool_name.clone(), backend.clone());
             async move {
                 self.store
                     .update_workspace(
                         &id,
                         Box::new(move |r| {
-                            if r.tenant != POOL_TENANT
-                                || r.state != State::Running
-                                || r.metadata.get("ready").is_none_or(|v| v != "1")
-                            {
+                            if !is_ready_member(r, &pool_name) {
                                 return Err(StoreError::Rejected("already claimed".into()));
                             }
-                            r.tenant = tenant.clone();
+                            if r.provider != backend {
+                                // Overflowed to another backend when built.
+                                return Err(StoreError::Rejected(format!("on {}, not {backend}", r.provider)));
+                            }
+                            r.owner = Owner::Tenant { tenant: tenant.clone() };
                             r.metadata = metadata;
                             r.env = env;
                             r.access_token = new_token;
@@ -260,7 +301,7 @@ impl Orchestrator {
                             Ok(Some(NewEvent {
                                 at_ms: now,
                                 workspace: r.id.clone(),
-                                tenant: tenant.clone(),
+                                tenant: Some(tenant.clone()),
                                 size: r.size,
                                 kind: EventKind::Claimed { tenant },
                                 backend: r.provider.clone(),
@@ -287,11 +328,7 @@ impl Orchestrator {
                 .my_workspaces()
                 .await?
                 .into_iter()
-                .filter(|r| {
-                    is_member(r, &self.pools.specs[i].0.template, &size)
-                        && r.state == State::Running
-                        && r.metadata.get("ready").is_some_and(|v| v == "1")
-                })
+                .filter(|r| is_ready_member(r, &pool_name) && r.provider == backend)
                 .collect();
             // Start at a random member: concurrent claims then rarely race
             // for the same record (a lost race just moves on to the next).
@@ -319,7 +356,7 @@ impl Orchestrator {
     /// killed) when the agent does not take it; the caller tries again.
     pub(crate) async fn personalise(&self, t: Taken, env: &BTreeMap<String, String>) -> Option<WorkspaceRecord> {
         let Taken { rec, token, pool, started } = t;
-        let Some(ep) = rec.endpoint.as_ref().and_then(|e| e.parse().ok()) else {
+        let Some(ep) = rec.endpoint.clone() else {
             let _ = self.kill_any(&rec.id).await;
             return None;
         };
@@ -357,12 +394,21 @@ impl Orchestrator {
             Ok(ts) => ts.into_iter().map(|t| (t.name, t.revision)).collect(),
             Err(_) => BTreeMap::new(),
         };
+        // Members of a pool no longer configured (or of a version that did
+        // not record its pool) serve nobody: drain them.
+        for r in all.iter().filter(|r| r.is_pool_member() && r.state.is_live()) {
+            if !self.pools.specs.iter().any(|(s, _)| is_member(r, s.key())) && self.drain_member(&r.id).await {
+                eprintln!("warren: drained member {} of a pool no longer configured", r.id);
+            }
+        }
         for (i, (spec, counters)) in self.pools.specs.iter().enumerate() {
-            let size = self.pool_size(spec);
             let current = revisions.get(&spec.template).cloned().unwrap_or_default();
             let mut fresh = Vec::new();
-            for r in all.iter().filter(|r| is_member(r, &spec.template, &size) && r.state.is_live()) {
-                let built_from = r.metadata.get("revision").map(String::as_str).unwrap_or_default();
+            for r in all.iter().filter(|r| is_member(r, spec.key()) && r.state.is_live()) {
+                let built_from = match &r.owner {
+                    Owner::Pool { revision, .. } => revision.as_str(),
+                    Owner::Tenant { .. } => continue,
+                };
                 if !current.is_empty() && built_from != current {
                     // Built from an older template: drain it (a claim that
                     // races with this kill wins the CAS or loses cleanly).
@@ -396,10 +442,7 @@ impl Orchestrator {
                 let later: Vec<(WorkspaceId, Instant)> = ready.drain(..).filter(|(_, at)| *at > scanned_at).collect();
                 let mut seen: std::collections::HashSet<WorkspaceId> = later.iter().map(|(id, _)| id.clone()).collect();
                 for r in &fresh {
-                    if r.state == State::Running
-                        && r.metadata.get("ready").is_some_and(|v| v == "1")
-                        && seen.insert(r.id.clone())
-                    {
+                    if is_ready_member(r, spec.key()) && seen.insert(r.id.clone()) {
                         ready.push((r.id.clone(), scanned_at));
                     }
                 }
@@ -513,10 +556,10 @@ impl Orchestrator {
             .update_workspace(
                 id,
                 Box::new(move |r| {
-                    if r.tenant != POOL_TENANT {
+                    let Owner::Pool { ready, .. } = &mut r.owner else {
                         return Err(StoreError::Rejected("claimed".into()));
-                    }
-                    r.metadata.insert("ready".into(), "0".into());
+                    };
+                    *ready = false;
                     r.updated_at_ms = now;
                     Ok(None)
                 }),
@@ -527,19 +570,18 @@ impl Orchestrator {
 
     /// Creates one member and admits it only after a real command ran.
     async fn warm_one(&self, spec: &PoolSpec, revision: String) -> Result<WorkspaceId> {
-        let rec = self
-            .create_cold(CreateRequest {
-                tenant: POOL_TENANT.into(),
-                template: spec.template.clone(),
-                size: spec.size,
-                timeout: Some(self.cfg.max_timeout),
-                env: BTreeMap::new(),
-                metadata: BTreeMap::from([("revision".to_string(), revision)]),
-                network: None,
-            })
-            .await?;
-        let ep =
-            rec.endpoint.as_ref().and_then(|e| e.parse().ok()).ok_or_else(|| Error::Internal("no endpoint".into()))?;
+        let none = BTreeMap::new();
+        let fresh = Fresh {
+            owner: Owner::Pool { pool: spec.key().to_string(), revision, ready: false },
+            template: &spec.template,
+            size: spec.size,
+            timeout: Some(self.cfg.max_timeout),
+            env: &none,
+            metadata: &none,
+            network: None,
+        };
+        let rec = self.create_new(fresh, None).await?;
+        let ep = rec.endpoint.clone().ok_or_else(|| Error::Internal("no endpoint".into()))?;
         let agent = AgentClient::new(ep).with_access_token(Some(rec.access_token.clone()));
         let ok = matches!(agent.exec("true", &[]).await, Ok(out) if out.exit_code == 0);
         if !ok {
@@ -552,8 +594,8 @@ impl Orchestrator {
             .update_workspace(
                 &rec.id,
                 Box::new(|r| {
-                    if r.tenant == POOL_TENANT {
-                        r.metadata.insert("ready".into(), "1".into());
+                    if let Owner::Pool { ready, .. } = &mut r.owner {
+                        *ready = true;
                     }
                     Ok(None)
                 }),
@@ -570,18 +612,15 @@ impl Orchestrator {
             .iter()
             .map(|(spec, c)| {
                 let size = self.pool_size(spec);
-                let members: Vec<&WorkspaceRecord> =
-                    all.iter().filter(|r| is_member(r, &spec.template, &size)).collect();
-                let ready = members
-                    .iter()
-                    .filter(|r| r.state == State::Running && r.metadata.get("ready").is_some_and(|v| v == "1"))
-                    .count();
+                let members: Vec<&WorkspaceRecord> = all.iter().filter(|r| is_member(r, spec.key())).collect();
+                let ready = members.iter().filter(|r| is_ready_member(r, spec.key())).count();
                 let refills = c.refills.load(Ordering::Relaxed);
                 let (min, max, claim_rate) = {
                     let p = c.policy();
                     (p.config().min, p.config().max, p.peak_rate(self.clock.now_ms()))
                 };
                 PoolStatus {
+                    name: spec.key().to_string(),
                     template: spec.template.clone(),
                     size,
                     target: self.pool_target(spec, c),

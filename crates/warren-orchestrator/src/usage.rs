@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use warren_core::{Size, State};
+use warren_core::{Size, State, TenantId};
 use warren_store::{Event, EventKind};
 
-use crate::pool::POOL_TENANT;
 
 /// How usage is grouped in time (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,10 +19,15 @@ pub enum Bucket {
     Month,
 }
 
+/// How usage rows name warm-pool time (infrastructure): no tenant can have
+/// this name.
+pub const POOL_LABEL: &str = "(warm pool)";
+
 /// Usage of one tenant in one period.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageRow {
+    /// The tenant, or [`POOL_LABEL`] for warm-pool time.
     pub tenant: String,
     /// The backend the time was spent on (`local`, `docker`, `e2b`, …;
     /// empty in logs written before backends were recorded).
@@ -42,7 +46,7 @@ pub struct UsageRow {
 /// One stretch of time a workspace spent running or paused for a tenant.
 #[derive(Debug, Clone, PartialEq)]
 struct Span {
-    tenant: String,
+    tenant: Option<TenantId>,
     backend: String,
     size: Size,
     paused: bool,
@@ -52,7 +56,7 @@ struct Span {
 
 fn spans(events: &[Event], now_ms: u64) -> Vec<Span> {
     struct Open {
-        tenant: String,
+        tenant: Option<TenantId>,
         backend: String,
         size: Size,
         state: State,
@@ -101,7 +105,7 @@ fn spans(events: &[Event], now_ms: u64) -> Vec<Span> {
             EventKind::Claimed { tenant } => {
                 if let Some(o) = open.get_mut(&id) {
                     close(o, at, &mut out);
-                    o.tenant = tenant.clone();
+                    o.tenant = Some(tenant.clone());
                     o.since = at;
                 }
             }
@@ -178,7 +182,7 @@ fn days_from_civil(y: i64, m: u32) -> i64 {
 
 /// Usage per tenant, period and backend over `[from_ms, to_ms)`, from the event log
 /// read up to `now_ms` (open stretches end there). Pool time is reported
-/// under the pool's pseudo-tenant: it is infrastructure, not tenant usage.
+/// under [`POOL_LABEL`]: it is infrastructure, not tenant usage.
 pub fn rollup(events: &[Event], now_ms: u64, from_ms: u64, to_ms: u64, bucket: Bucket) -> Vec<UsageRow> {
     let mut rows: BTreeMap<(String, u64, String), UsageRow> = BTreeMap::new();
     for s in spans(events, now_ms) {
@@ -187,8 +191,9 @@ pub fn rollup(events: &[Event], now_ms: u64, from_ms: u64, to_ms: u64, bucket: B
             let (start, next) = period(a, bucket);
             let end = b.min(next);
             let secs = (end - a) as f64 / 1000.0;
-            let row = rows.entry((s.tenant.clone(), start, s.backend.clone())).or_insert_with(|| UsageRow {
-                tenant: s.tenant.clone(),
+            let tenant = s.tenant.as_ref().map_or(POOL_LABEL, TenantId::as_str);
+            let row = rows.entry((tenant.to_string(), start, s.backend.clone())).or_insert_with(|| UsageRow {
+                tenant: tenant.to_string(),
                 backend: s.backend.clone(),
                 period_start_ms: start,
                 ..Default::default()
@@ -208,7 +213,7 @@ pub fn rollup(events: &[Event], now_ms: u64, from_ms: u64, to_ms: u64, bucket: B
 
 /// Whether a row is infrastructure (idle pool members), not a tenant's.
 pub fn is_infrastructure(row: &UsageRow) -> bool {
-    row.tenant == POOL_TENANT
+    row.tenant == POOL_LABEL
 }
 
 #[cfg(test)]
@@ -217,14 +222,14 @@ mod tests {
     use warren_core::WorkspaceId;
     use warren_store::NewEvent;
 
-    fn ev(seq: u64, at: u64, ws: &WorkspaceId, tenant: &str, kind: EventKind) -> Event {
+    fn ev(seq: u64, at: u64, ws: &WorkspaceId, tenant: Option<&str>, kind: EventKind) -> Event {
         let size = Size { millicpus: 2000, memory_mib: 1024, disk_mib: 1024, pids: 100 };
         Event {
             seq,
             event: NewEvent {
                 at_ms: at,
                 workspace: ws.clone(),
-                tenant: tenant.into(),
+                tenant: tenant.map(|t| TenantId::new(t).unwrap()),
                 size,
                 kind,
                 backend: "local".into(),
@@ -241,12 +246,12 @@ mod tests {
         let w = WorkspaceId::generate();
         let h = 3_600_000u64;
         let evs = vec![
-            ev(1, 0, &w, "a", EventKind::Created { template: "base".into() }),
-            ev(2, 1_000, &w, "a", st(State::Creating, State::Running)),
-            ev(3, h + 1_000, &w, "a", st(State::Running, State::Paused)),
-            ev(4, h + 31_000, &w, "a", st(State::Paused, State::Running)),
-            ev(5, h + 91_000, &w, "a", st(State::Running, State::Stopping)),
-            ev(6, h + 92_000, &w, "a", st(State::Stopping, State::Stopped)),
+            ev(1, 0, &w, Some("a"), EventKind::Created { template: "base".into() }),
+            ev(2, 1_000, &w, Some("a"), st(State::Creating, State::Running)),
+            ev(3, h + 1_000, &w, Some("a"), st(State::Running, State::Paused)),
+            ev(4, h + 31_000, &w, Some("a"), st(State::Paused, State::Running)),
+            ev(5, h + 91_000, &w, Some("a"), st(State::Running, State::Stopping)),
+            ev(6, h + 92_000, &w, Some("a"), st(State::Stopping, State::Stopped)),
         ];
         let rows = rollup(&evs, 10 * h, 0, u64::MAX, Bucket::Hour);
         assert_eq!(rows.len(), 2);
@@ -267,9 +272,9 @@ mod tests {
     fn open_stretches_end_now_windows_clip_and_claims_switch_tenants() {
         let w = WorkspaceId::generate();
         let evs = vec![
-            ev(1, 0, &w, POOL_TENANT, EventKind::Created { template: "base".into() }),
-            ev(2, 0, &w, POOL_TENANT, st(State::Creating, State::Running)),
-            ev(3, 10_000, &w, "alice", EventKind::Claimed { tenant: "alice".into() }),
+            ev(1, 0, &w, None, EventKind::Created { template: "base".into() }),
+            ev(2, 0, &w, None, st(State::Creating, State::Running)),
+            ev(3, 10_000, &w, Some("alice"), EventKind::Claimed { tenant: TenantId::new("alice").unwrap() }),
         ];
         let rows = rollup(&evs, 70_000, 0, u64::MAX, Bucket::Day);
         let pool: f64 = rows.iter().filter(|r| is_infrastructure(r)).map(|r| r.running_seconds).sum();
@@ -284,7 +289,7 @@ mod tests {
     fn time_is_split_by_the_backend_it_ran_on() {
         let (a, b) = (WorkspaceId::generate(), WorkspaceId::generate());
         let on = |seq, at, w: &WorkspaceId, kind, backend: &str| {
-            let mut e = ev(seq, at, w, "t", kind);
+            let mut e = ev(seq, at, w, Some("t"), kind);
             e.event.backend = backend.into();
             e
         };

@@ -8,7 +8,7 @@ use warren_core::{ManualClock, Size, State, WorkspaceId};
 use warren_orchestrator::{Config, CreateRequest, Error, Orchestrator};
 use warren_provider::fake::ProcessProvider;
 use warren_provider::SandboxProvider;
-use warren_store::{EventKind, MemoryStore, RedbStore, StateStore};
+use warren_store::{EventKind, MemoryStore, Owner, RedbStore, StateStore};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -33,8 +33,12 @@ fn env() -> Env {
     env_with(Arc::new(MemoryStore::new()), tempfile::tempdir().unwrap())
 }
 
+fn t(name: &str) -> warren_core::TenantId {
+    warren_core::TenantId::new(name).unwrap()
+}
+
 fn req(tenant: &str) -> CreateRequest {
-    CreateRequest { tenant: tenant.into(), template: "base".into(), ..Default::default() }
+    CreateRequest::new(t(tenant), "base")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,15 +50,15 @@ async fn create_exec_list_and_tenant_scoping() {
     let ws = e.orch.create(r).await.unwrap();
     assert_eq!(ws.state, State::Running);
     assert_eq!(ws.expires_at_ms, 1_000_000 + 300_000);
-    let (_, agent) = e.orch.agent(Some("alice"), &ws.id).await.unwrap();
+    let (_, agent) = e.orch.agent(Some(&t("alice")), &ws.id).await.unwrap();
     assert_eq!(agent.sh("echo $GREETING").await.unwrap().stdout, b"hi\n");
-    assert_eq!(e.orch.list(Some("alice")).await.unwrap().len(), 1);
-    assert!(e.orch.list(Some("bob")).await.unwrap().is_empty());
-    assert!(matches!(e.orch.get(Some("bob"), &ws.id).await, Err(Error::NotFound(_))));
-    assert!(matches!(e.orch.agent(Some("bob"), &ws.id).await, Err(Error::NotFound(_))));
-    assert!(matches!(e.orch.kill(Some("bob"), &ws.id).await, Err(Error::NotFound(_))));
+    assert_eq!(e.orch.list(Some(&t("alice"))).await.unwrap().len(), 1);
+    assert!(e.orch.list(Some(&t("bob"))).await.unwrap().is_empty());
+    assert!(matches!(e.orch.get(Some(&t("bob")), &ws.id).await, Err(Error::NotFound(_))));
+    assert!(matches!(e.orch.agent(Some(&t("bob")), &ws.id).await, Err(Error::NotFound(_))));
+    assert!(matches!(e.orch.kill(Some(&t("bob")), &ws.id).await, Err(Error::NotFound(_))));
     assert_eq!(e.orch.get(None, &ws.id).await.unwrap().metadata["k"], "v");
-    e.orch.kill(Some("alice"), &ws.id).await.unwrap();
+    e.orch.kill(Some(&t("alice")), &ws.id).await.unwrap();
     assert!(matches!(e.orch.get(None, &ws.id).await, Err(Error::NotFound(_))));
     // The whole life is in the event log, in order.
     let kinds: Vec<EventKind> = e.store.events_since(0, 100).await.unwrap().into_iter().map(|e| e.event.kind).collect();
@@ -140,7 +144,7 @@ async fn reconcile_adopts_fails_and_removes_orphans() {
             warren_store::NewEvent {
                 at_ms: 1,
                 workspace: half.id.clone(),
-                tenant: "a".into(),
+                tenant: Some(t("a")),
                 size: half.size,
                 kind: EventKind::Created { template: "base".into() },
                 backend: String::new(),
@@ -228,7 +232,7 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
     let root = dir.path().to_path_buf();
     let clock = Arc::new(warren_core::SystemClock);
     let cfg = Config {
-        pools: vec![PoolSpec { template: "base".into(), size: None, target: 3, min: None, max: None }],
+        pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 3, min: None, max: None }],
         ..Config::default()
     };
     let orch = Arc::new(Orchestrator::new(provider(&root), Arc::new(MemoryStore::new()), clock, cfg));
@@ -269,9 +273,10 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
         let rec = t.await.unwrap();
         assert!(ids.insert(rec.id.clone()), "a workspace was handed out twice");
         assert!(!old_tokens.contains(&rec.access_token), "claimed workspaces get a fresh token");
-        let (_, agent) = orch.agent(Some(&rec.tenant), &rec.id).await.unwrap();
+        let tenant = rec.tenant().unwrap().clone();
+        let (_, agent) = orch.agent(Some(&tenant), &rec.id).await.unwrap();
         let out = agent.sh("echo $WHO").await.unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), rec.tenant, "personalised environment");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tenant.as_str(), "personalised environment");
     }
     let st = orch.pool_status().await.unwrap();
     assert_eq!((st[0].hits, st[0].misses), (3, 7), "{st:?}");
@@ -280,7 +285,7 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
     let claimed: Vec<_> = events.iter().filter(|e| matches!(e.event.kind, EventKind::Claimed { .. })).collect();
     assert_eq!(claimed.len(), 3, "each claim is a durable event");
     let pooled = orch.get(None, &claimed[0].event.workspace).await.unwrap();
-    let ep: warren_proto::endpoint::Endpoint = pooled.endpoint.clone().unwrap().parse().unwrap();
+    let ep = pooled.endpoint.clone().unwrap();
     for t in &old_tokens {
         let stale = warren_proto::client::AgentClient::new(ep.clone()).with_access_token(Some(t.clone()));
         assert!(stale.list().await.is_err());
@@ -367,7 +372,7 @@ async fn pool_drains_members_of_an_old_template_revision() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
     let cfg = Config {
-        pools: vec![PoolSpec { template: "base".into(), size: None, target: 2, min: None, max: None }],
+        pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 2, min: None, max: None }],
         ..Config::default()
     };
     let orch = Arc::new(Orchestrator::new(
@@ -388,7 +393,7 @@ async fn pool_drains_members_of_an_old_template_revision() {
     assert_eq!(live.len(), 2);
     for r in &live {
         assert!(!old.contains(&r.id), "an old member survived the template change");
-        assert_eq!(r.metadata.get("revision").map(String::as_str), Some("2"));
+        assert!(matches!(&r.owner, Owner::Pool { revision, .. } if revision == "2"), "{:?}", r.owner);
     }
     // The old members are really gone from the backend.
     for id in &old {
@@ -396,7 +401,8 @@ async fn pool_drains_members_of_an_old_template_revision() {
     }
     // A claim now hands out a member of the new revision.
     let got = orch.create(req("t")).await.unwrap();
-    assert_eq!(got.metadata.get("revision"), None, "the tenant's metadata replaces the pool's");
+    assert!(got.metadata.is_empty(), "the tenant's metadata is its own");
+    assert_eq!(got.tenant(), Some(&t("t")));
     assert!(live.iter().any(|r| r.id == got.id));
     for r in orch.store().list_workspaces().await.unwrap() {
         let _ = orch.kill_any(&r.id).await;
@@ -408,7 +414,7 @@ async fn adaptive_pool_grows_with_demand_and_shrinks_when_it_stops() {
     use warren_orchestrator::pool::PoolSpec;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let spec = PoolSpec { template: "base".into(), size: None, target: 0, min: Some(0), max: Some(6) };
+    let spec = PoolSpec { name: None, template: "base".into(), size: None, target: 0, min: Some(0), max: Some(6) };
     let cfg = Config { pools: vec![spec], ..Config::default() };
     let orch = Arc::new(Orchestrator::new(provider(dir.path()), Arc::new(MemoryStore::new()), clock.clone(), cfg));
     let st = orch.pool_status().await.unwrap();
@@ -441,7 +447,7 @@ async fn adaptive_pool_grows_with_demand_and_shrinks_when_it_stops() {
     let st = orch.pool_status().await.unwrap();
     assert_eq!(st[0].ready, 0, "{st:?}");
     assert!(st[0].shrunk >= kept as u64, "{st:?}");
-    assert!(orch.store().list_workspaces().await.unwrap().iter().all(|r| r.tenant != "__pool__" || !r.state.is_live()));
+    assert!(orch.store().list_workspaces().await.unwrap().iter().all(|r| !r.is_pool_member() || !r.state.is_live()));
     for r in made {
         orch.kill(None, &r.id).await.unwrap();
     }
@@ -472,25 +478,35 @@ async fn workspaces_that_end_on_their_own_are_marked_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_member_not_proven_ready_is_never_handed_out() {
-    use warren_orchestrator::pool::{PoolSpec, POOL_TENANT};
+    use warren_orchestrator::pool::PoolSpec;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
     let cfg = Config {
-        pools: vec![PoolSpec { template: "base".into(), size: None, target: 0, min: None, max: None }],
+        pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 0, min: None, max: None }],
         ..Config::default()
     };
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let orch = Arc::new(Orchestrator::new(provider(dir.path()), store.clone(), clock, cfg));
-    // A member whose agent started but never passed the readiness command.
-    let unready = orch
-        .create(CreateRequest { tenant: POOL_TENANT.into(), template: "base".into(), ..Default::default() })
+    // A member whose agent started but never passed the readiness command
+    // (a running workspace turned into one in the store).
+    let unready = orch.create(req("x")).await.unwrap();
+    let pool = Owner::Pool { pool: "base".into(), revision: String::new(), ready: false };
+    let owner = pool.clone();
+    store
+        .update_workspace(
+            &unready.id,
+            Box::new(move |r| {
+                r.owner = owner;
+                Ok(None)
+            }),
+        )
         .await
         .unwrap();
-    assert!(!unready.metadata.contains_key("ready"));
     let got = orch.create(req("t")).await.unwrap();
     assert_ne!(got.id, unready.id, "an unready member was handed out");
-    assert_eq!(orch.pool_status().await.unwrap()[0].misses, 1);
-    assert_eq!(store.get_workspace(&unready.id).await.unwrap().unwrap().tenant, POOL_TENANT);
+    // Two misses: the create that made "x", and this one.
+    assert_eq!(orch.pool_status().await.unwrap()[0].misses, 2);
+    assert_eq!(store.get_workspace(&unready.id).await.unwrap().unwrap().owner, pool);
     orch.kill(None, &got.id).await.unwrap();
     orch.kill_any(&unready.id).await.unwrap();
 }
@@ -505,7 +521,7 @@ async fn refill_workers_fill_past_the_pass_and_claims_wake_them() {
     use warren_orchestrator::pool::PoolSpec;
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config {
-        pools: vec![PoolSpec { template: "base".into(), size: None, target: 10, min: None, max: None }],
+        pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 10, min: None, max: None }],
         ..Config::default()
     };
     let orch = Arc::new(Orchestrator::new(
@@ -550,4 +566,104 @@ async fn refill_workers_fill_past_the_pass_and_claims_wake_them() {
     for id in ids {
         orch.kill(None, &id).await.unwrap();
     }
+}
+
+/// A pool member is built where a create for nobody goes; a tenant whose
+/// creates are routed to another backend never gets one (it would run on
+/// the wrong backend, billed at the wrong rate), everyone else does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_respect_routes() {
+    use warren_orchestrator::pool::PoolSpec;
+    use warren_provider::routing::{Route, RoutingProvider};
+    let dir = tempfile::tempdir().unwrap();
+    let own = provider(&dir.path().join("own"));
+    let other = provider(&dir.path().join("other"));
+    let routes = vec![Route { backend: "other".into(), templates: vec![], tenants: vec!["vip".into()] }];
+    let router = RoutingProvider::new(vec![("own".into(), own), ("other".into(), other)], routes, "own", None).unwrap();
+    let cfg = Config {
+        pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 1, min: None, max: None }],
+        ..Config::default()
+    };
+    let orch =
+        Arc::new(Orchestrator::new(Arc::new(router), Arc::new(MemoryStore::new()), Arc::new(ManualClock::new(1)), cfg));
+    let st = fill_pool(&orch, 1).await;
+    assert_eq!(st[0].name, "base");
+    let member = orch.store().list_workspaces().await.unwrap().remove(0);
+    assert_eq!((member.provider.as_str(), member.tenant()), ("own", None));
+
+    let vip = orch.create(req("vip")).await.unwrap();
+    assert_ne!(vip.id, member.id, "a tenant routed elsewhere was handed a member of the default backend");
+    assert_eq!(vip.provider, "other");
+    let anyone = orch.create(req("anyone")).await.unwrap();
+    assert_eq!(anyone.id, member.id, "a tenant on the default route gets the member");
+    assert_eq!(anyone.tenant(), Some(&t("anyone")));
+    let st = orch.pool_status().await.unwrap();
+    assert_eq!((st[0].hits, st[0].misses), (1, 0), "a routed-away tenant does not count as a miss: {st:?}");
+    orch.stop_pools().await;
+    for r in orch.store().list_workspaces().await.unwrap() {
+        let _ = orch.kill_any(&r.id).await;
+    }
+}
+
+/// Records written before typed ownership (pool members under the
+/// pseudo-tenant `__pool__`, readiness in the metadata) are read, rewritten
+/// in the current layout at start, and the old pool member, whose pool is
+/// unknown, is drained rather than handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_the_old_layout_are_migrated_and_old_members_drained() {
+    use warren_orchestrator::pool::PoolSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let fake = provider(dir.path());
+    // A running workspace, stored as version 1 wrote it.
+    let made = fake.create(&warren_provider::conformance::spec("base")).await.unwrap();
+    let legacy = |id: &WorkspaceId, tenant: &str| {
+        serde_json::from_value::<warren_store::WorkspaceRecord>(serde_json::json!({
+            "id": id, "tenant": tenant, "template": "base",
+            "size": {"millicpus": 1000, "memoryMib": 256, "diskMib": 256, "pids": 256},
+            "state": "running", "provider": "process", "endpoint": made.endpoint.to_string(),
+            "accessToken": "x", "initToken": "y", "createdAtMs": 1, "updatedAtMs": 1,
+            "expiresAtMs": u64::MAX / 2, "lastActivityMs": 1,
+            "metadata": {"ready": "1", "revision": ""}
+        }))
+        .unwrap()
+    };
+    let member = legacy(&made.id, "__pool__");
+    let tenants = legacy(&WorkspaceId::generate(), "acme");
+    assert_eq!((member.schema, tenants.schema), (1, 1));
+    {
+        let store = RedbStore::open(&path).unwrap();
+        for r in [&member, &tenants] {
+            let ev = warren_store::NewEvent {
+                at_ms: 1,
+                workspace: r.id.clone(),
+                tenant: r.tenant().cloned(),
+                size: r.size,
+                kind: EventKind::Created { template: "base".into() },
+                backend: "process".into(),
+            };
+            store.insert_workspace(r, ev).await.unwrap();
+        }
+    }
+    let store: Arc<dyn StateStore> = Arc::new(RedbStore::open(&path).unwrap());
+    let cfg = Config {
+        pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 0, min: None, max: None }],
+        ..Config::default()
+    };
+    let orch = Arc::new(Orchestrator::new(fake.clone(), store.clone(), Arc::new(ManualClock::new(1_000)), cfg));
+    assert_eq!(orch.migrate_records().await.unwrap(), 2);
+    assert_eq!(orch.migrate_records().await.unwrap(), 0, "idempotent");
+    let got = store.get_workspace(&tenants.id).await.unwrap().unwrap();
+    assert_eq!((got.schema, got.tenant()), (warren_store::RECORD_SCHEMA, Some(&t("acme"))));
+    assert_eq!(got.metadata.len(), 2, "a tenant's metadata is left as it was");
+    let m = store.get_workspace(&member.id).await.unwrap().unwrap();
+    assert_eq!(m.owner, Owner::Pool { pool: String::new(), revision: String::new(), ready: true });
+    assert!(m.metadata.is_empty());
+    // Its pool is unknown: no claim takes it, and the refill pass drains it.
+    let fresh = orch.create(req("acme")).await.unwrap();
+    assert_ne!(fresh.id, member.id);
+    orch.refill_pools().await;
+    assert_eq!(store.get_workspace(&member.id).await.unwrap(), None);
+    assert!(matches!(fake.inspect(&member.id).await, Err(warren_provider::ProviderError::NotFound(_))));
+    orch.kill(None, &fresh.id).await.unwrap();
 }

@@ -70,6 +70,20 @@ impl FromStr for Endpoint {
     }
 }
 
+/// Stored and sent as its URL form (`unix://…`, `tcp://…`, …).
+impl serde::Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -102,12 +116,16 @@ mod tests {
         assert_eq!(h.to_string(), "https://49983-abc.e2b.app:443");
         let v: Endpoint = "https://49983-abc.e2b.test:8443?via=127.0.0.1:9000".parse().unwrap();
         assert_eq!(v, Endpoint::Https { host: "49983-abc.e2b.test:8443".into(), via: Some("127.0.0.1:9000".into()) });
-        assert_eq!(v.to_string().parse::<Endpoint>(), Ok(v));
+        assert_eq!(v.to_string().parse::<Endpoint>(), Ok(v.clone()));
         for bad in ["https://", "https://h/path", "https://u@h", "https://h?x=1", "https://h?via=nohost"] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
         for bad in ["e2b://host/abc", "e2b://h:1/", "e2b://h:1/a/b", "e2b://h:1"] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
+        let json = serde_json::to_string(&v).unwrap();
+        assert_eq!(json, "\"https://49983-abc.e2b.test:8443?via=127.0.0.1:9000\"");
+        assert_eq!(serde_json::from_str::<Endpoint>(&json).unwrap(), v);
+        assert!(serde_json::from_str::<Endpoint>("\"ftp://x\"").is_err());
     }
 }

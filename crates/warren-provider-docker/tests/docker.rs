@@ -84,6 +84,7 @@ fn runsc_available() -> bool {
 
 fn spec(template: &str) -> CreateSpec {
     CreateSpec {
+        tenant: None,
         id: WorkspaceId::generate(),
         template: template.into(),
         size: Default::default(),

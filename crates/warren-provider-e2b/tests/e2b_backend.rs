@@ -31,7 +31,7 @@ fn sandbox_helper() -> std::path::PathBuf {
 /// the local provider (as E2B's are by microVMs); returns its URL.
 async fn cloud(dir: &std::path::Path) -> String {
     let store = Arc::new(MemoryStore::new());
-    store.put_api_key(&warren_server::auth::record(KEY, "cloud-team", "test", false, 0)).await.unwrap();
+    store.put_api_key(&warren_server::auth::record(KEY, &warren_core::TenantId::new("cloud-team").unwrap(), "test", false, 0)).await.unwrap();
     let provider = Arc::new(
         warren_provider_local::LocalProvider::new(warren_provider_local::LocalConfig {
             state_dir: dir.join("cloud"),
@@ -105,13 +105,13 @@ async fn the_orchestrator_runs_workspaces_on_e2b() {
         Default::default(),
     );
     let rec =
-        orch.create(CreateRequest { tenant: "t".into(), template: "base".into(), ..Default::default() }).await.unwrap();
-    let (_, agent) = orch.agent(Some("t"), &rec.id).await.unwrap();
+        orch.create(CreateRequest::new(warren_core::TenantId::new("t").unwrap(), "base")).await.unwrap();
+    let (_, agent) = orch.agent(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id).await.unwrap();
     let out = agent.sh("echo on e2b").await.unwrap();
     assert_eq!(out.stdout, b"on e2b\n");
     // The timeout moves the remote deadline too.
-    orch.set_timeout(Some("t"), &rec.id, std::time::Duration::from_secs(600)).await.unwrap();
-    orch.kill(Some("t"), &rec.id).await.unwrap();
+    orch.set_timeout(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id, std::time::Duration::from_secs(600)).await.unwrap();
+    orch.kill(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id).await.unwrap();
     assert!(p.list().await.unwrap().is_empty());
 }
 
@@ -203,12 +203,17 @@ async fn routes_by_tenant_and_overflow_when_full() {
     );
     let spec = |tenant: &str| {
         let mut s = warren_provider::conformance::spec("base");
-        s.labels.insert("tenant".into(), tenant.into());
+        s.tenant = Some(warren_core::TenantId::new(tenant).unwrap());
         s
     };
     let trial = spec("trial");
     r.create(&trial).await.unwrap();
     assert_eq!(r.backend_of(&trial.id).await.unwrap(), "e2b", "the trial tenant is routed to E2B");
+    // Where creates go first, as the orchestrator asks before a pool claim:
+    // a tenant route never matches a pool member (nobody's).
+    assert_eq!(r.placement("base", trial.tenant.as_ref()), "e2b");
+    assert_eq!(r.placement("base", None), "own");
+    assert_eq!(r.placement("base", Some(&warren_core::TenantId::new("paying").unwrap())), "own");
     let first = spec("paying");
     r.create(&first).await.unwrap();
     assert_eq!(r.backend_of(&first.id).await.unwrap(), "own");
@@ -239,13 +244,13 @@ async fn metering_names_the_backend_and_the_invoice_prices_it() {
     let r = router(own_fleet(dir.path(), 1), backend(&url, "meter"), vec![]);
     let store = Arc::new(MemoryStore::new());
     let orch = Orchestrator::new(Arc::new(r), store.clone(), Arc::new(warren_core::SystemClock), Default::default());
-    let req = || CreateRequest { tenant: "paying".into(), template: "base".into(), ..Default::default() };
+    let req = || CreateRequest::new(warren_core::TenantId::new("paying").unwrap(), "base");
     let own = orch.create(req()).await.unwrap();
     let over = orch.create(req()).await.unwrap();
     assert_eq!((own.provider.as_str(), over.provider.as_str()), ("own", "e2b"), "the record names the backend");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    orch.kill(Some("paying"), &own.id).await.unwrap();
-    orch.kill(Some("paying"), &over.id).await.unwrap();
+    orch.kill(None, &own.id).await.unwrap();
+    orch.kill(None, &over.id).await.unwrap();
     let events = store.events_since(0, 1000).await.unwrap();
     let rows = rollup(&events, orch.now_ms(), 0, u64::MAX, Bucket::Month);
     let secs = |b: &str| rows.iter().filter(|r| r.backend == b).map(|r| r.running_seconds).sum::<f64>();
@@ -267,7 +272,7 @@ async fn metering_names_the_backend_and_the_invoice_prices_it() {
         &catalog,
         "ecs-ec2-od",
         &usage,
-        warren_orchestrator::pool::POOL_TENANT,
+        warren_orchestrator::usage::POOL_LABEL,
         &|_| "standard".into(),
         &|b| (b == "e2b").then(|| "e2b-pro".into()),
     )
@@ -303,14 +308,14 @@ async fn replicas_share_network_reachable_workspaces_under_one_lease() {
     };
     let (a, b) = (replica("a"), replica("b"));
     let rec =
-        a.create(CreateRequest { tenant: "t".into(), template: "base".into(), ..Default::default() }).await.unwrap();
+        a.create(CreateRequest::new(warren_core::TenantId::new("t").unwrap(), "base")).await.unwrap();
     assert_eq!(rec.node, "", "owned by no replica");
-    let (_, agent) = b.agent(Some("t"), &rec.id).await.unwrap();
+    let (_, agent) = b.agent(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id).await.unwrap();
     assert_eq!(agent.sh("echo from b").await.unwrap().stdout, b"from b\n");
 
     assert!(a.claim_shared_jobs().await.unwrap());
     assert!(!b.claim_shared_jobs().await.unwrap(), "one holder at a time");
-    a.set_timeout(Some("t"), &rec.id, Duration::from_secs(1)).await.unwrap();
+    a.set_timeout(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id, Duration::from_secs(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The expired workspace is the lease holder's to reap, not b's.
     assert_eq!(b.reap_once().await.unwrap(), 0);
@@ -318,7 +323,7 @@ async fn replicas_share_network_reachable_workspaces_under_one_lease() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(b.claim_shared_jobs().await.unwrap());
     assert_eq!(b.reap_once().await.unwrap(), 1);
-    assert!(b.get(Some("t"), &rec.id).await.is_err(), "reaped");
+    assert!(b.get(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id).await.is_err(), "reaped");
 }
 
 /// A TLS edge like E2B's: `*.e2b.test` under a private CA, HTTP/2 by ALPN,

@@ -232,11 +232,7 @@ async fn tasks_ecs_stops_on_its_own_report_why_and_fail_in_the_orchestrator() {
         Default::default(),
     );
     let rec = orch
-        .create(warren_orchestrator::CreateRequest {
-            tenant: "t".into(),
-            template: "base".into(),
-            ..Default::default()
-        })
+        .create(warren_orchestrator::CreateRequest::new(warren_core::TenantId::new("t").unwrap(), "base"))
         .await
         .unwrap();
     // ECS reclaims the Spot capacity under it.

@@ -18,6 +18,7 @@ struct Ws {
 
 async fn create(p: &LocalProvider, size: Size) -> Ws {
     let spec = CreateSpec {
+        tenant: None,
         id: WorkspaceId::generate(),
         template: "base".into(),
         size,

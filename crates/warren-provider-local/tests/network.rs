@@ -65,6 +65,7 @@ impl Drop for Outside {
 
 async fn create(p: &LocalProvider, network: NetworkMode) -> (SandboxInfo, AgentClient) {
     let spec = CreateSpec {
+        tenant: None,
         id: WorkspaceId::generate(),
         template: "base".into(),
         size: Size { millicpus: 500, memory_mib: 256, disk_mib: 64, pids: 128 },

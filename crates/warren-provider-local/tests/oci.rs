@@ -115,6 +115,7 @@ async fn import_and_run_an_image_with_whiteouts() {
     assert!(!dir.path().join("templates/escape.txt").exists() && !dir.path().join("escape.txt").exists());
 
     let spec = CreateSpec {
+        tenant: None,
         id: WorkspaceId::generate(),
         template: "tiny".into(),
         size: Size { millicpus: 500, memory_mib: 128, disk_mib: 64, pids: 64 },

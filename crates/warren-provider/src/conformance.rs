@@ -12,6 +12,7 @@ use crate::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxProvider};
 /// A spec for the suite's workspaces.
 pub fn spec(template: &str) -> CreateSpec {
     CreateSpec {
+        tenant: None,
         id: WorkspaceId::generate(),
         template: template.to_string(),
         size: Size { millicpus: 1000, memory_mib: 256, disk_mib: 256, pids: 256 },

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use warren_core::{Size, WorkspaceId};
+use warren_core::{Size, TenantId, WorkspaceId};
 use warren_proto::endpoint::Endpoint;
 
 /// How strongly a backend isolates workspaces, weakest first (the seed's ladder).
@@ -74,7 +74,10 @@ pub struct CreateSpec {
     pub network: NetworkMode,
     /// Workspace environment (every process sees it).
     pub env: BTreeMap<String, String>,
-    /// Free-form labels a backend stores with the workspace (tenant, pool…).
+    /// The tenant it is made for (`None`: a warm-pool member, nobody's yet).
+    /// Routing reads this, never a label.
+    pub tenant: Option<TenantId>,
+    /// Free-form labels a backend stores with the workspace (for operators).
     pub labels: BTreeMap<String, String>,
     /// Secret for the agent's `/init` call.
     pub init_token: String,
@@ -210,6 +213,14 @@ pub trait SandboxProvider: Send + Sync + 'static {
     async fn backend_of(&self, id: &WorkspaceId) -> Result<String> {
         let _ = id;
         Ok(self.name().to_string())
+    }
+    /// The backend a create of `template` for `tenant` goes to first (the
+    /// name [`SandboxProvider::backend_of`] reports afterwards): a warm-pool
+    /// member is only handed to a tenant whose creates would go where the
+    /// member runs.
+    fn placement(&self, template: &str, tenant: Option<&TenantId>) -> String {
+        let _ = (template, tenant);
+        self.name().to_string()
     }
     /// Tells the backend when the orchestrator will end the workspace, for
     /// backends with their own timeout (E2B). Others ignore it.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use warren_core::WorkspaceId;
+use warren_core::{TenantId, WorkspaceId};
 
 use crate::{Capabilities, CreateSpec, ProviderError, Result, SandboxInfo, SandboxProvider, Stats, TemplateInfo};
 
@@ -61,12 +61,17 @@ impl RoutingProvider {
     }
 
     fn choose(&self, spec: &CreateSpec) -> usize {
-        let tenant = spec.labels.get("tenant").map(String::as_str).unwrap_or_default();
+        self.route(&spec.template, spec.tenant.as_ref())
+    }
+
+    /// The first matching route's backend. A route naming tenants never
+    /// matches a create for nobody (a warm-pool member).
+    fn route(&self, template: &str, tenant: Option<&TenantId>) -> usize {
         self.routes
             .iter()
             .find(|r| {
-                (r.templates.is_empty() || r.templates.contains(&spec.template))
-                    && (r.tenants.is_empty() || r.tenants.iter().any(|t| t == tenant))
+                (r.templates.is_empty() || r.templates.iter().any(|t| t == template))
+                    && (r.tenants.is_empty() || tenant.is_some_and(|tn| r.tenants.iter().any(|t| tn == t.as_str())))
             })
             .and_then(|r| self.backends.iter().position(|(b, _)| *b == r.backend))
             .unwrap_or(self.default)
@@ -195,6 +200,10 @@ impl SandboxProvider for RoutingProvider {
 
     async fn backend_of(&self, id: &WorkspaceId) -> Result<String> {
         Ok(self.backends[self.locate(id).await?].0.clone())
+    }
+
+    fn placement(&self, template: &str, tenant: Option<&TenantId>) -> String {
+        self.backends[self.route(template, tenant)].0.clone()
     }
 
     async fn set_deadline(&self, id: &WorkspaceId, seconds_from_now: u64) -> Result<()> {

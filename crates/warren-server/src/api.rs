@@ -51,7 +51,8 @@ impl Serialize for ViewRef<'_> {
         let r = self.0;
         let mut st = s.serialize_struct("WorkspaceView", 10)?;
         st.serialize_field("id", r.id.as_str())?;
-        st.serialize_field("tenant", &r.tenant)?;
+        // Pool members (no tenant) are never listed.
+        st.serialize_field("tenant", r.tenant().map_or("", |t| t.as_str()))?;
         st.serialize_field("template", &r.template)?;
         st.serialize_field("state", r.state.as_str())?;
         st.serialize_field("provider", &r.provider)?;
@@ -78,7 +79,7 @@ impl From<&WorkspaceRecord> for WorkspaceView {
     fn from(r: &WorkspaceRecord) -> Self {
         WorkspaceView {
             id: r.id.to_string(),
-            tenant: r.tenant.clone(),
+            tenant: r.tenant().map(|t| t.to_string()).unwrap_or_default(),
             template: r.template.clone(),
             state: r.state.as_str().to_string(),
             provider: r.provider.clone(),
@@ -378,7 +379,7 @@ pub struct KeyView {
 fn key_view(k: &warren_store::ApiKeyRecord) -> KeyView {
     KeyView {
         prefix: k.prefix.clone(),
-        tenant: k.tenant.clone(),
+        tenant: k.tenant.to_string(),
         name: k.name.clone(),
         admin: k.admin,
         created_at: time(k.created_at_ms),
@@ -398,15 +399,9 @@ fn require_admin(caller: &Caller) -> ApiResult<()> {
 pub async fn create_key(State(s): State<AppState>, caller: Caller, body: axum::body::Bytes) -> ApiResult<Response> {
     require_admin(&caller)?;
     let b: NewKey = json_body(&body)?;
-    let tenant_ok = !b.tenant.is_empty()
-        && b.tenant.len() <= 63
-        && b.tenant.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        && b.tenant != warren_orchestrator::pool::POOL_TENANT;
-    if !tenant_ok {
-        return Err(ApiError::bad_request("tenant must be 1 to 63 of a-z A-Z 0-9 - _"));
-    }
+    let tenant = warren_core::TenantId::new(b.tenant).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let key = crate::auth::new_key();
-    let rec = crate::auth::record(&key, &b.tenant, &b.name, b.admin, s.orch.now_ms());
+    let rec = crate::auth::record(&key, &tenant, &b.name, b.admin, s.orch.now_ms());
     s.orch
         .store()
         .put_api_key(&rec)
@@ -491,7 +486,7 @@ pub async fn usage(State(s): State<AppState>, caller: Caller, Query(q): Query<Us
     let events = all_events(&s).await?;
     let rows: Vec<_> = rollup(&events, now, from, to, bucket)
         .into_iter()
-        .filter(|r| caller.admin || r.tenant == caller.tenant)
+        .filter(|r| caller.admin || r.tenant == caller.tenant.as_str())
         .collect();
     if q.format.as_deref() == Some("csv") {
         let mut out =
@@ -535,7 +530,7 @@ pub async fn invoice(
     let mut per_tenant: std::collections::BTreeMap<(String, String), warren_cost::invoice::TenantUsage> =
         Default::default();
     for r in rollup(&events, now, from, to.min(now.max(from + 1)), Bucket::Month) {
-        if !caller.admin && r.tenant != caller.tenant {
+        if !caller.admin && r.tenant != caller.tenant.as_str() {
             continue;
         }
         let u = per_tenant.entry((r.tenant.clone(), r.backend.clone())).or_insert_with(|| {
@@ -557,7 +552,7 @@ pub async fn invoice(
         &cost.catalog,
         &cost.setup,
         &usage,
-        warren_orchestrator::pool::POOL_TENANT,
+        warren_orchestrator::usage::POOL_LABEL,
         &class_of,
         &|b: &str| cost.backend_setups.get(b).cloned(),
     )

@@ -3,6 +3,7 @@
 
 use axum::http::HeaderMap;
 use sha2::Digest as _;
+use warren_core::TenantId;
 use warren_store::{ApiKeyRecord, StateStore};
 
 use crate::error::ApiError;
@@ -10,13 +11,13 @@ use crate::error::ApiError;
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub admin: bool,
 }
 
 impl Caller {
     /// The tenant scope of reads: admins see every tenant.
-    pub fn scope(&self) -> Option<&str> {
+    pub fn scope(&self) -> Option<&TenantId> {
         if self.admin {
             None
         } else {
@@ -38,12 +39,12 @@ pub fn valid_key(key: &str) -> bool {
     key.len() >= 16 && key.len() <= 256 && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
-pub fn record(key: &str, tenant: &str, name: &str, admin: bool, now_ms: u64) -> ApiKeyRecord {
+pub fn record(key: &str, tenant: &TenantId, name: &str, admin: bool, now_ms: u64) -> ApiKeyRecord {
     ApiKeyRecord {
         hash: hash_key(key),
         // "e2b_" and 8 hex digits: enough to tell keys apart, useless to guess them.
         prefix: key.chars().take(12).collect(),
-        tenant: tenant.into(),
+        tenant: tenant.clone(),
         name: name.into(),
         admin,
         created_at_ms: now_ms,

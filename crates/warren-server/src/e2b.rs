@@ -44,7 +44,7 @@ pub struct E2bConfig {
 
 /// Idempotency keys of creates, per tenant, kept for ten minutes.
 #[derive(Default)]
-pub struct Idempotency(Mutex<HashMap<(String, String), (String, std::time::Instant)>>);
+pub struct Idempotency(Mutex<HashMap<(warren_core::TenantId, String), (String, std::time::Instant)>>);
 
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
 

@@ -15,7 +15,7 @@ const KEY: &str = "e2b_e2bapi000000000000000000000000000000000";
 async fn start() -> (tempfile::TempDir, String, Arc<dyn StateStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
-    store.put_api_key(&auth::record(KEY, "t1", "k", false, 0)).await.unwrap();
+    store.put_api_key(&auth::record(KEY, &warren_core::TenantId::new("t1").unwrap(), "k", false, 0)).await.unwrap();
     let provider = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
     let orch = Arc::new(Orchestrator::new(provider, store.clone(), Arc::new(SystemClock), Config::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -203,7 +203,7 @@ async fn statuses_idempotency_pause_and_errors() {
 async fn quotas_answer_429_and_e2b_sdks_do_not_retry() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
-    store.put_api_key(&auth::record(KEY, "t1", "k", false, 0)).await.unwrap();
+    store.put_api_key(&auth::record(KEY, &warren_core::TenantId::new("t1").unwrap(), "k", false, 0)).await.unwrap();
     let provider = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
     let cfg = Config {
         default_quota: warren_orchestrator::Quota { max_workspaces: Some(1), ..Default::default() },

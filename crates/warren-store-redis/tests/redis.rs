@@ -84,7 +84,7 @@ async fn two_replicas_serialise_updates_and_keep_the_log_gap_free() {
     let ev = |r: &warren_store::WorkspaceRecord| NewEvent {
         at_ms: 1,
         workspace: r.id.clone(),
-        tenant: r.tenant.clone(),
+        tenant: r.tenant().cloned(),
         size: r.size,
         kind: EventKind::Created { template: r.template.clone() },
         backend: String::new(),
@@ -103,7 +103,7 @@ async fn two_replicas_serialise_updates_and_keep_the_log_gap_free() {
                     Ok(Some(NewEvent {
                         at_ms: r.expires_at_ms,
                         workspace: r.id.clone(),
-                        tenant: r.tenant.clone(),
+                        tenant: r.tenant().cloned(),
                         size: r.size,
                         kind: EventKind::Timeout { expires_at_ms: r.expires_at_ms },
                         backend: String::new(),
@@ -131,10 +131,10 @@ async fn two_replicas_serialise_updates_and_keep_the_log_gap_free() {
             s.update_workspace(
                 &id,
                 Box::new(move |r| {
-                    if r.tenant != "t" {
+                    if r.tenant() != Some(&conformance::tenant("t")) {
                         return Err(StoreError::Rejected("already claimed".into()));
                     }
-                    r.tenant = format!("claimer{i}");
+                    r.owner = warren_store::Owner::Tenant { tenant: conformance::tenant(&format!("claimer{i}")) };
                     Ok(None)
                 }),
             )
@@ -157,7 +157,7 @@ async fn redis_down_is_unavailable_and_recovery_keeps_everything() {
     let ev = NewEvent {
         at_ms: 1,
         workspace: rec.id.clone(),
-        tenant: "t".into(),
+        tenant: Some(conformance::tenant("t")),
         size: rec.size,
         kind: EventKind::Created { template: "base".into() },
         backend: String::new(),

@@ -3,14 +3,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use warren_core::{Size, State, WorkspaceId};
+use warren_core::{Size, State, TenantId, WorkspaceId};
 
-use crate::{ApiKeyRecord, EventKind, NewEvent, StateStore, StoreError, WorkspaceRecord};
+use crate::{ApiKeyRecord, EventKind, NewEvent, Owner, StateStore, StoreError, WorkspaceRecord, RECORD_SCHEMA};
 
-pub fn record(tenant: &str) -> WorkspaceRecord {
+/// A tenant's name for tests (panics on a bad one).
+pub fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).expect("a valid tenant name")
+}
+
+pub fn record(t: &str) -> WorkspaceRecord {
     WorkspaceRecord {
+        schema: RECORD_SCHEMA,
         id: WorkspaceId::generate(),
-        tenant: tenant.into(),
+        owner: Owner::Tenant { tenant: tenant(t) },
         template: "base".into(),
         size: Size::default(),
         state: State::Creating,
@@ -33,7 +39,7 @@ fn created(r: &WorkspaceRecord) -> NewEvent {
     NewEvent {
         at_ms: r.created_at_ms,
         workspace: r.id.clone(),
-        tenant: r.tenant.clone(),
+        tenant: r.tenant().cloned(),
         size: r.size,
         kind: EventKind::Created { template: r.template.clone() },
         backend: r.provider.clone(),
@@ -52,9 +58,9 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
     assert_eq!(store.get_workspace(&a.id).await.unwrap().as_ref(), Some(&a));
     assert!(store.list_workspaces().await.unwrap().contains(&a));
     let mut dup = a.clone();
-    dup.tenant = "other".into();
+    dup.owner = Owner::Tenant { tenant: tenant("other") };
     assert!(matches!(store.insert_workspace(&dup, created(&dup)).await, Err(StoreError::AlreadyExists(_))));
-    assert_eq!(store.get_workspace(&a.id).await.unwrap().unwrap().tenant, "t1");
+    assert_eq!(store.get_workspace(&a.id).await.unwrap().unwrap().tenant(), Some(&tenant("t1")));
     assert_eq!(store.events_since(base_seq, 100).await.unwrap().len(), 1, "a refused insert logs nothing");
     assert_eq!(store.get_workspace(&WorkspaceId::generate()).await.unwrap(), None);
 
@@ -68,7 +74,7 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
                 Ok(Some(NewEvent {
                     at_ms: 5,
                     workspace: r.id.clone(),
-                    tenant: r.tenant.clone(),
+                    tenant: r.tenant().cloned(),
                     size: r.size,
                     kind: EventKind::State { from, to: r.state },
                     backend: r.provider.clone(),
@@ -111,7 +117,7 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
                     Ok(Some(NewEvent {
                         at_ms: 9,
                         workspace: r.id.clone(),
-                        tenant: r.tenant.clone(),
+                        tenant: r.tenant().cloned(),
                         size: r.size,
                         kind: EventKind::Timeout { expires_at_ms: n + 1 },
                         backend: r.provider.clone(),
@@ -147,7 +153,7 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
     let key = ApiKeyRecord {
         hash: format!("{:064x}", base_seq + 7),
         prefix: "wk_abc".into(),
-        tenant: "t1".into(),
+        tenant: tenant("t1"),
         name: "ci".into(),
         admin: false,
         created_at_ms: 3,
@@ -161,6 +167,15 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
     assert!(store.list_api_keys().await.unwrap().iter().any(|k| k.hash == key.hash));
     assert_eq!(store.get_api_key("nope").await.unwrap(), None);
 
+    // Typed ownership and endpoints are stored as they are.
+    let mut p = record("t1");
+    p.owner = Owner::Pool { pool: "base".into(), revision: "r1".into(), ready: true };
+    p.endpoint = Some("tcp://127.0.0.1:1".parse().unwrap());
+    store.insert_workspace(&p, created(&p)).await.unwrap();
+    assert_eq!(store.get_workspace(&p.id).await.unwrap().as_ref(), Some(&p));
+    store.delete_workspace(&p.id).await.unwrap();
+
+
     // Everything survives a reopen.
     if let Some(reopen) = reopen {
         drop(store);
@@ -168,7 +183,7 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
         let got = again.get_workspace(&a.id).await.unwrap().unwrap();
         assert_eq!(got.metadata["n"], "25");
         assert_eq!(got.state, State::Running);
-        assert_eq!(again.events_since(base_seq, usize::MAX).await.unwrap().len(), 28);
+        assert_eq!(again.events_since(base_seq, usize::MAX).await.unwrap().len(), 29);
         assert!(again.get_api_key(&key.hash).await.unwrap().unwrap().revoked);
     }
 }

@@ -9,29 +9,56 @@
 pub mod conformance;
 mod memory;
 mod redb_store;
+mod wire;
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use warren_core::{Size, State, WorkspaceId};
+use warren_core::{Size, State, TenantId, WorkspaceId};
+pub use warren_proto::endpoint::Endpoint;
 
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
+/// The record layout [`WorkspaceRecord`] is written in. Records read in an
+/// older layout are converted on read and rewritten by
+/// `Orchestrator::migrate_records` at start.
+pub const RECORD_SCHEMA: u32 = 2;
+
+/// Who a workspace belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Owner {
+    /// A warm-pool member: infrastructure, not any tenant's, until a claim
+    /// (one compare-and-set of the record) hands it to a tenant.
+    Pool {
+        /// The pool's name (`PoolSpec::name`).
+        pool: String,
+        /// The template revision it was built from.
+        revision: String,
+        /// Its agent answered and ran a real command: it may be claimed.
+        ready: bool,
+    },
+    Tenant { tenant: TenantId },
+}
+
 /// A workspace as the control plane knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "wire::RecordWire")]
 pub struct WorkspaceRecord {
+    /// [`RECORD_SCHEMA`] when written by this version; older when read from
+    /// a store an older version wrote.
+    pub schema: u32,
     pub id: WorkspaceId,
-    pub tenant: String,
+    pub owner: Owner,
     pub template: String,
     pub size: Size,
     pub state: State,
     /// Backend that holds it (`local`, `docker`, …).
     pub provider: String,
-    /// Agent endpoint (`unix://…`, `tcp://…`), once known.
-    pub endpoint: Option<String>,
+    /// Agent endpoint, once known.
+    pub endpoint: Option<Endpoint>,
     pub access_token: String,
     pub init_token: String,
     pub created_at_ms: u64,
@@ -49,6 +76,25 @@ pub struct WorkspaceRecord {
     /// The server replica that owns it (empty: a single-server setup).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,
+}
+
+impl WorkspaceRecord {
+    /// The tenant it belongs to (`None`: an unclaimed pool member).
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match &self.owner {
+            Owner::Tenant { tenant } => Some(tenant),
+            Owner::Pool { .. } => None,
+        }
+    }
+
+    /// Whether `tenant` owns it.
+    pub fn is_owned_by(&self, tenant: &TenantId) -> bool {
+        self.tenant() == Some(tenant)
+    }
+
+    pub fn is_pool_member(&self) -> bool {
+        matches!(self.owner, Owner::Pool { .. })
+    }
 }
 
 /// A server replica: where other replicas reach it, and until when its last
@@ -77,7 +123,7 @@ pub enum EventKind {
     },
     /// A warm-pool member was handed to a tenant (until now it was infrastructure).
     Claimed {
-        tenant: String,
+        tenant: TenantId,
     },
 }
 
@@ -87,7 +133,9 @@ pub enum EventKind {
 pub struct NewEvent {
     pub at_ms: u64,
     pub workspace: WorkspaceId,
-    pub tenant: String,
+    /// Whose time this is (`None`: a pool member's, infrastructure).
+    #[serde(default, deserialize_with = "wire::event_tenant", skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
     pub size: Size,
     pub kind: EventKind,
     /// The backend the workspace runs on when this happened (`local`,
@@ -113,7 +161,7 @@ pub struct ApiKeyRecord {
     pub hash: String,
     /// A short public id (first characters of the key) for listings.
     pub prefix: String,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub name: String,
     pub admin: bool,
     pub created_at_ms: u64,
