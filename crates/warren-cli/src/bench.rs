@@ -566,7 +566,7 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
         };
         let cfg = warren_orchestrator::Config { pools, ..Default::default() };
         let orch = Arc::new(warren_orchestrator::Orchestrator::new(p, store.clone(), Arc::new(SystemClock), cfg));
-        let reaper = orch.spawn_reaper();
+        let jobs = orch.spawn_jobs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         tokio::spawn(warren_server::serve(
@@ -671,10 +671,9 @@ async fn bench_pool(dir: &Path, burst: usize, backend: &str, only: Option<&str>)
             s.name = format!("{}, refilled {target} in {secs:.2} s ({:.0}/s)", s.name, target as f64 / secs);
         }
         rows.push(s);
-        reaper.abort();
         // No refill may outlive this variant (it would compete with the next
-        // one and leave workspaces behind).
-        orch.stop_pools().await;
+        // one and leave workspaces behind): shutdown stops the pools too.
+        jobs.shutdown().await;
         for r in store.list_workspaces().await.map_err(|e| anyhow::anyhow!("{e}"))? {
             let _ = orch.kill_any(&r.id).await;
         }

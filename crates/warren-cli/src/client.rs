@@ -628,13 +628,18 @@ impl Client {
         let (mut sink, mut source) = ws.split();
         let raw = RawMode::enable();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(64);
-        // Keyboard → workspace.
+        // Keyboard → workspace, from a thread of its own doing plain
+        // blocking reads: every keystroke is sent as soon as it is read, and
+        // a read still waiting when the remote shell ends does not hold the
+        // client (tokio's stdin would keep the runtime from shutting down
+        // until the next key).
         let keys = tx.clone();
-        tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 4096];
-            while let Ok(n) = stdin.read(&mut buf).await {
-                if n == 0 || keys.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 || keys.blocking_send(Message::Binary(buf[..n].to_vec().into())).is_err() {
                     break;
                 }
             }

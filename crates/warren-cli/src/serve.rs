@@ -304,6 +304,36 @@ pub struct ServeArgs {
     /// Env: WARREN_ADMIN_KEY_FILE (or WARREN_ADMIN_KEY with the key itself).
     #[arg(long, env = "WARREN_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
+    /// Log lines on stderr: `text` for people, `json` (one object a line,
+    /// with workspace and tenant fields) for log pipelines. Which lines:
+    /// WARREN_LOG (e.g. `info`, `warren_orchestrator=debug`; default info).
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Sends `tracing` events to stderr in the chosen format.
+fn init_logs(format: LogFormat) -> Result<()> {
+    let filter = match std::env::var("WARREN_LOG") {
+        Ok(f) => tracing_subscriber::EnvFilter::try_new(&f).with_context(|| format!("WARREN_LOG={f:?}"))?,
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let done = match format {
+        LogFormat::Text => {
+            use std::io::IsTerminal as _;
+            builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).try_init()
+        }
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    };
+    // Already set (serve run twice in one process, as tests do): keep it.
+    let _ = done;
+    Ok(())
 }
 
 pub fn load_config(args: &ServeArgs) -> Result<Config> {
@@ -494,10 +524,10 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
             let docker = warren_provider_docker::DockerProvider::connect(dc).map_err(|e| anyhow::anyhow!("{e}"))?;
             let version =
                 docker.ping().await.map_err(|e| anyhow::anyhow!("{e} (is dockerd running? set [docker] host)"))?;
-            eprintln!("warren: docker provider on {version}");
+            tracing::info!(engine = %version, "docker provider");
             if !d.allow_host_root && !docker.root_is_remapped().await.unwrap_or(false) {
-                eprintln!(
-                    "warren: this Docker engine runs containers' root as the host's root (no userns-remap, not rootless): runc templates will be refused; see docs/docker-provider.md"
+                tracing::warn!(
+                    "this Docker engine runs containers' root as the host's root (no userns-remap, not rootless): runc templates will be refused; see docs/docker-provider.md"
                 );
             }
             Arc::new(docker)
@@ -583,7 +613,9 @@ async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) ->
             bail!("the preset admin key must be 16 to 256 printable characters");
         }
         if store.get_api_key(&auth::hash_key(&key)).await?.is_none() {
-            store.put_api_key(&auth::record(&key, &warren_core::TenantId::operator(), "admin (preset)", true, now)).await?;
+            store
+                .put_api_key(&auth::record(&key, &warren_core::TenantId::operator(), "admin (preset)", true, now))
+                .await?;
         }
         return Ok(None);
     }
@@ -605,12 +637,16 @@ async fn admin_key(store: &dyn StateStore, args: &ServeArgs, data_dir: &Path) ->
 const SERVER_OOM_SCORE_ADJ: i32 = -900;
 
 pub async fn run(args: ServeArgs) -> Result<()> {
+    init_logs(args.log_format)?;
     let cfg = load_config(&args)?;
     // Under memory pressure the kernel kills workspaces before the server
     // that keeps their records (root may lower its own score; workspaces
     // are set back to 0 and cannot go lower). Needs CAP_SYS_RESOURCE.
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", SERVER_OOM_SCORE_ADJ.to_string()) {
-        eprintln!("warren: cannot shield the server from the OOM killer (oom_score_adj {SERVER_OOM_SCORE_ADJ}: {e}); workspaces still cannot go below 0");
+        tracing::warn!(
+            error = %e,
+            "cannot shield the server from the OOM killer (oom_score_adj {SERVER_OOM_SCORE_ADJ}); workspaces still cannot go below 0"
+        );
     }
     // The price catalog is read and checked before anything changes.
     let cost = cost_config(&cfg)?;
@@ -644,7 +680,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 None if addr.ip().is_unspecified() => format!("{scheme}://{host}:{}", addr.port()),
                 None => format!("{scheme}://{addr}"),
             };
-            eprintln!("warren: replica {node} on the shared Redis store, reachable at {node_url}");
+            tracing::info!(node = %node, url = %node_url, "replica on the shared Redis store");
             (Arc::new(store), node, node_url)
         }
     };
@@ -669,13 +705,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     ));
     let migrated = orch.migrate_records().await.map_err(|e| anyhow::anyhow!("migrating stored records: {e}"))?;
     if migrated > 0 {
-        eprintln!("warren: {migrated} stored workspace record(s) rewritten in the current layout");
+        tracing::info!(count = migrated, "stored workspace records rewritten in the current layout");
     }
     let report = orch.reconcile().await.map_err(|e| anyhow::anyhow!("reconcile: {e}"))?;
     if report != Default::default() {
-        eprintln!(
-            "warren: reconciled: {} adopted, {} failed, {} orphans removed, {} purged",
-            report.adopted, report.failed, report.orphans_removed, report.purged
+        tracing::info!(
+            adopted = report.adopted,
+            failed = report.failed,
+            orphans_removed = report.orphans_removed,
+            purged = report.purged,
+            "reconciled the store with the backend"
         );
     }
     let created_key = admin_key(store.as_ref(), &args, &cfg.data_dir).await?;
@@ -683,7 +722,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         (Some(c), Some(k)) => Some(warren_server::tls::config(c, k).map_err(|e| anyhow::anyhow!(e))?),
         _ => None,
     };
-    let reaper = orch.spawn_reaper();
+    let jobs = orch.spawn_jobs();
     let state =
         AppState::new(orch.clone(), warren_server::e2b::E2bConfig { domain: cfg.e2b_domain.clone() }).with_cost(cost);
     if let Some(key) = created_key {
@@ -698,12 +737,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
-        eprintln!("warren: shutting down (workspaces keep running and are adopted at the next start)");
+        tracing::info!("shutting down (workspaces keep running and are adopted at the next start)");
     };
     match tls {
         Some(t) => warren_server::tls::serve(listener, state, t, shutdown).await?,
         None => warren_server::serve(listener, state, shutdown).await?,
     }
-    reaper.abort();
+    // The tick in progress finishes; pool members being built are kept
+    // (adopted at the next start).
+    jobs.shutdown().await;
     Ok(())
 }

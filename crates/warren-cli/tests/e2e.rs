@@ -495,3 +495,168 @@ fn bench_pool_runs_a_small_burst_next_to_its_floor() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("selects no variant"), "{out:?}");
 }
+
+/// `--log-format json`: every stderr line is one JSON object, and the
+/// background jobs' lines carry their fields (job, count); a bad WARREN_LOG
+/// filter stops the server with the reason.
+#[test]
+fn json_logs_with_fields() {
+    let data = tempfile::tempdir().unwrap();
+    let log_path = data.path().join("stderr.log");
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .args(["serve", "--log-format", "json", "--provider", "process", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("WARREN_ADMIN_KEY", KEY)
+        .env("WARREN_AGENT_BIN", warren_provider::conformance::agent_binary())
+        .env("WARREN_LOG", "info")
+        .env_remove("WARREN_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let url = common::ready_url(&mut child, "server");
+    let mut s = Serve { child, url };
+    let id = ok(&cli(&s, &["create", "--timeout", "1"], None));
+    // The reap job ends it within a second or two of its timeout.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cli(&s, &["exec", id.trim(), "true"], None).status.success() {
+        assert!(Instant::now() < deadline, "never reaped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(s.child.wait().unwrap().success(), "a TERM is an orderly shutdown");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["job"] == "reap" && l["count"] == 1 && l["level"] == "INFO"),
+        "no reap line with its fields: {log}"
+    );
+    assert!(lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("shutting down"))), "{log}");
+
+    let bad = Command::new(bin())
+        .args(["serve", "--provider", "process", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("WARREN_LOG", "warren=[nope")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("WARREN_LOG"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+/// `warren shell` on a real terminal: the client runs on the slave side of a
+/// pseudo-terminal the test holds the master of, as under tmux or ssh.
+struct Terminal {
+    master: std::fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    child: Child,
+}
+
+impl Terminal {
+    fn spawn(cmd: &mut Command) -> Terminal {
+        use std::os::unix::process::CommandExt as _;
+        let size = nix::pty::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&size), None).unwrap();
+        let slave = std::fs::File::from(pty.slave);
+        cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave);
+        // SAFETY: between fork and exec only async-signal-safe calls: a new
+        // session, then the inherited slave (fd 0) as its controlling tty.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let master = std::fs::File::from(pty.master);
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = Default::default();
+        let (mut reader, sink) = (master.try_clone().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut buf = [0u8; 4096];
+            // EIO once the last slave end closes.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal { master, seen, child }
+    }
+
+    /// Types `keys` as a person would: one write, no newline added.
+    fn type_keys(&mut self, keys: &str) {
+        self.master.write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Waits until `needle` shows up in what the terminal displayed.
+    fn expect(&self, needle: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned();
+            if seen.contains(needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {needle:?} never showed up; the terminal shows:\n{seen}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn shell_in_a_real_terminal() {
+    let data = tempfile::tempdir().unwrap();
+    let s = serve(data.path(), free_port());
+    let id = ok(&cli(&s, &["create"], None)).trim().to_string();
+    let mut t = Terminal::spawn(
+        Command::new(bin())
+            .args(["shell", &id])
+            .env("WARREN_URL", &s.url)
+            .env("WARREN_API_KEY", KEY)
+            .env("TERM", "xterm"),
+    );
+    // Each command prints something its own echo does not contain, and is
+    // checked before anything else is typed: output may not wait for the
+    // next keystroke.
+    t.type_keys("echo typed-$((40+2))\r");
+    t.expect("typed-42", "a typed line");
+    t.type_keys("echo again-$((1+1))\r");
+    t.expect("again-2", "the next typed line");
+    // Ctrl-C reaches the remote foreground process.
+    t.type_keys("sleep 600; echo not-$((5+5))\r");
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_keys("\x03");
+    t.type_keys("echo after-$((3+4))\r");
+    t.expect("after-7", "the prompt after Ctrl-C");
+    assert!(!String::from_utf8_lossy(&t.seen.lock().unwrap()).contains("not-10"));
+    // A window resize (the kernel signals the client, which tells the
+    // workspace's terminal).
+    let size = libc::winsize { ws_row: 41, ws_col: 123, ws_xpixel: 0, ws_ypixel: 0 };
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    assert_eq!(unsafe { libc::ioctl(t.master.as_raw_fd(), libc::TIOCSWINSZ, &size) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    t.type_keys("stty size\r");
+    t.expect("41 123", "the new window size");
+    // The remote shell's exit code is the client's, and the client returns.
+    t.type_keys("exit 3\r");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = t.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the client never returned after the remote shell exited");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3));
+    ok(&cli(&s, &["kill", &id], None));
+}

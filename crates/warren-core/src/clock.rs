@@ -42,6 +42,27 @@ impl Clock for ManualClock {
     }
 }
 
+/// Real elapsed time, for measurements (latencies, refill times) and for
+/// bounded waits: monotonic, unaffected by a [`ManualClock`]. Never for
+/// policy (expiry, idleness, pool targets): that reads the [`Clock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    pub fn start() -> Self {
+        Stopwatch(std::time::Instant::now())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+
+    /// Whether `d` has passed since the start.
+    pub fn passed(&self, d: Duration) -> bool {
+        self.elapsed() >= d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +74,9 @@ mod tests {
         c.advance(Duration::from_secs(2));
         assert_eq!(c.now_ms(), 3_000);
         assert!(SystemClock.now_ms() > 1_700_000_000_000);
+        let w = Stopwatch::start();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(w.passed(Duration::from_millis(2)) && !w.passed(Duration::from_secs(60)));
+        assert!(Stopwatch::start() > w, "later starts order after earlier ones");
     }
 }

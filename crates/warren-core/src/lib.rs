@@ -17,7 +17,7 @@ mod size;
 mod state;
 mod tenant;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, Stopwatch, SystemClock};
 pub use id::{random_token, IdError, WorkspaceId};
 pub use size::{Size, SizeError};
 pub use state::{State, TransitionError};

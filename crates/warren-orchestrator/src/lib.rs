@@ -9,21 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use warren_core::{random_token, Clock, Size, State, TenantId, WorkspaceId};
+use warren_core::{random_token, Clock, Size, State, Stopwatch, TenantId, WorkspaceId};
 use warren_proto::client::AgentClient;
 use warren_provider::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxProvider, Stats, TemplateInfo};
-use warren_store::{EventKind, NewEvent, NodeRecord, Owner, StateStore, StoreError, WorkspaceRecord, RECORD_SCHEMA};
+use warren_store::{EventKind, NewEvent, Owner, StateStore, StoreError, WorkspaceRecord, RECORD_SCHEMA};
 
+pub mod jobs;
 pub mod pool;
-
-/// How often the reaper compares the store with what the backend runs.
-const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-/// How often a replica sends its heartbeat and runs the sweeper.
-const NODE_BEAT: std::time::Duration = std::time::Duration::from_secs(2);
 pub mod usage;
-
-/// How long a failed workspace stays listed (with its error) before it is purged.
-pub const FAILED_RETENTION_MS: u64 = 3_600_000;
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -31,8 +24,18 @@ pub struct Config {
     pub default_timeout: Duration,
     pub max_timeout: Duration,
     pub default_size: Size,
-    /// How often the reaper looks for expired workspaces.
-    pub reap_interval: Duration,
+    /// How often each background job runs.
+    pub intervals: jobs::Intervals,
+    /// A kill stuck in `stopping` this long is finished by the reaper.
+    pub stuck_stopping: Duration,
+    /// How long a failed workspace stays listed (with its error) before it
+    /// is purged.
+    pub failed_retention: Duration,
+    /// How long a create waits for another replica's quota check before it
+    /// answers "try again".
+    pub quota_lease_wait: Duration,
+    /// How long a shutdown waits for pool members being built.
+    pub drain_timeout: Duration,
     /// A running workspace with no activity for this long (no exec, file or
     /// gateway traffic, and no process running in it) is paused, or killed
     /// where the backend cannot pause. `None`: only the timeout applies.
@@ -100,7 +103,11 @@ impl Default for Config {
             default_timeout: Duration::from_secs(300),
             max_timeout: Duration::from_secs(24 * 3600),
             default_size: Size::default(),
-            reap_interval: Duration::from_secs(1),
+            intervals: jobs::Intervals::default(),
+            stuck_stopping: Duration::from_secs(60),
+            failed_retention: Duration::from_secs(3600),
+            quota_lease_wait: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(120),
             idle_timeout: None,
             pools: Vec::new(),
             max_size: SizeCap::default(),
@@ -345,6 +352,7 @@ impl Orchestrator {
 
     /// Creates a workspace and returns it running (its agent healthy): a
     /// ready member of a matching warm pool when there is one, else a new one.
+    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %req.tenant, template = %req.template))]
     pub async fn create(&self, req: CreateRequest) -> Result<WorkspaceRecord> {
         let size = req.size.unwrap_or(self.cfg.default_size);
         self.cfg.max_size.check(&size)?;
@@ -396,12 +404,13 @@ impl Orchestrator {
     /// waiting for another replica's create to finish its check.
     async fn quota_lease(&self, tenant: &TenantId, holder: &str) -> Result<(String, String)> {
         let name = format!("quota:{tenant}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let waited = Stopwatch::start();
         let mut pause = Duration::from_millis(1);
         while !self.store.lease(&name, holder, Duration::from_secs(5)).await? {
-            if std::time::Instant::now() > deadline {
+            if waited.passed(self.cfg.quota_lease_wait) {
                 return Err(Error::Unavailable(format!(
-                    "tenant {tenant}: another replica held the quota check for 10 s; try again"
+                    "tenant {tenant}: another replica held the quota check for {} s; try again",
+                    self.cfg.quota_lease_wait.as_secs()
                 )));
             }
             tokio::time::sleep(pause).await;
@@ -414,7 +423,7 @@ impl Orchestrator {
         if let Some((name, holder)) = lease {
             if let Err(e) = self.store.release_lease(&name, &holder).await {
                 // It expires on its own within seconds.
-                eprintln!("warren: releasing {name}: {e}");
+                tracing::warn!(lease = %name, error = %e, "releasing a lease failed");
             }
         }
     }
@@ -424,7 +433,12 @@ impl Orchestrator {
     }
 
     /// Refuses a create that would take `tenant` over its quota.
-    async fn check_quota(&self, tenant: &TenantId, size: &Size, recent: &mut std::collections::VecDeque<u64>) -> Result<()> {
+    async fn check_quota(
+        &self,
+        tenant: &TenantId,
+        size: &Size,
+        recent: &mut std::collections::VecDeque<u64>,
+    ) -> Result<()> {
         let q = self.quota(tenant).clone();
         if q == Quota::default() {
             return Ok(());
@@ -576,7 +590,7 @@ impl Orchestrator {
                 // Behind a router, the backend that took it (metering prices its time).
                 let backend = self.provider.backend_of(&rec.id).await.unwrap_or_else(|_| rec.provider.clone());
                 if let Err(e) = self.provider.set_deadline(&rec.id, timeout.as_secs()).await {
-                    eprintln!("warren: deadline of {}: {e}", rec.id);
+                    tracing::warn!(workspace = %rec.id, error = %e, "backend deadline not set");
                 }
                 self.transition(&rec.id, State::Running, move |r| {
                     r.endpoint = Some(endpoint);
@@ -593,6 +607,7 @@ impl Orchestrator {
             }
             Err(e) => {
                 let msg = e.to_string();
+                tracing::warn!(workspace = %rec.id, error = %msg, "create failed on the backend");
                 let _ = self.provider.destroy(&rec.id).await;
                 let _ = self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await;
                 Err(e.into())
@@ -630,19 +645,6 @@ impl Orchestrator {
         Ok(all)
     }
 
-    /// Takes or renews the lease under which this replica runs the reaper,
-    /// idle check, watch and pools for workspaces no replica owns; true
-    /// while it holds it (always, for a single server).
-    pub async fn claim_shared_jobs(&self) -> Result<bool> {
-        if self.cfg.node.is_empty() {
-            return Ok(true);
-        }
-        let ttl = self.cfg.replica_timeout.clamp(Duration::from_secs(2), Duration::from_secs(10));
-        let held = self.store.lease("shared-jobs", &self.cfg.node, ttl).await?;
-        self.shared_jobs.store(held, std::sync::atomic::Ordering::Relaxed);
-        Ok(held)
-    }
-
     /// The size workspaces get unless they ask.
     pub fn default_size(&self) -> Size {
         self.cfg.default_size
@@ -676,6 +678,7 @@ impl Orchestrator {
     }
 
     /// Kills any workspace, pool members included (internal use).
+    #[tracing::instrument(level = "debug", skip_all, fields(workspace = %id))]
     pub async fn kill_any(&self, id: &WorkspaceId) -> Result<()> {
         let rec =
             self.store.get_workspace(id).await?.ok_or_else(|| Error::NotFound(format!("workspace {id} not found")))?;
@@ -697,7 +700,12 @@ impl Orchestrator {
     }
 
     /// Sets the timeout to `t` from now (E2B semantics: it may shorten).
-    pub async fn set_timeout(&self, tenant: Option<&TenantId>, id: &WorkspaceId, t: Duration) -> Result<WorkspaceRecord> {
+    pub async fn set_timeout(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &WorkspaceId,
+        t: Duration,
+    ) -> Result<WorkspaceRecord> {
         self.validate_timeout(t)?;
         let rec = self.get(tenant, id).await?;
         if !matches!(rec.state, State::Running | State::Paused) {
@@ -727,7 +735,7 @@ impl Orchestrator {
             .await?;
         if rec.expires_at_ms == until {
             if let Err(e) = self.provider.set_deadline(id, t.as_secs()).await {
-                eprintln!("warren: deadline of {id}: {e}");
+                tracing::warn!(workspace = %id, error = %e, "backend deadline not set");
             }
         }
         Ok(rec)
@@ -754,6 +762,7 @@ impl Orchestrator {
         Ok((rec, resumed))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(workspace = %id))]
     pub async fn pause(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.get(tenant, id).await?;
         match rec.state {
@@ -768,6 +777,7 @@ impl Orchestrator {
         self.transition(id, State::Paused, |_| {}).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(workspace = %id))]
     pub async fn resume(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.get(tenant, id).await?;
         match rec.state {
@@ -815,214 +825,10 @@ impl Orchestrator {
         seen.max(rec.last_activity_ms)
     }
 
-    /// Pauses (or kills) running workspaces idle for longer than the idle
-    /// timeout. A workspace with any process running is never idle.
-    pub async fn idle_once(&self) -> Result<usize> {
-        let Some(limit) = self.cfg.idle_timeout else { return Ok(0) };
-        let now = self.clock.now_ms();
-        let mut n = 0;
-        for rec in self.my_workspaces().await? {
-            if rec.state != State::Running
-                || rec.is_pool_member()
-                || self.last_activity(&rec) + limit.as_millis() as u64 > now
-            {
-                continue;
-            }
-            let Some(ep) = rec.endpoint.clone() else { continue };
-            let agent = AgentClient::new(ep).with_access_token(Some(rec.access_token.clone()));
-            match agent.list().await {
-                Ok(procs) if procs.is_empty() => {}
-                Ok(_) => {
-                    // Busy: running processes are activity.
-                    self.touch(&rec.id);
-                    continue;
-                }
-                Err(_) => continue,
-            }
-            let done = if self.provider.capabilities().pause {
-                self.pause(None, &rec.id).await.map(|_| ())
-            } else {
-                self.kill(None, &rec.id).await
-            };
-            match done {
-                Ok(()) => n += 1,
-                Err(e) => eprintln!("warren: idle workspace {}: {e}", rec.id),
-            }
-        }
-        Ok(n)
-    }
-
-    /// Ends every workspace whose timeout has passed. Returns how many.
-    pub async fn reap_once(&self) -> Result<usize> {
-        let now = self.clock.now_ms();
-        let mut n = 0;
-        for rec in self.my_workspaces().await? {
-            let pooled = rec.is_pool_member();
-            let expired = !pooled && matches!(rec.state, State::Running | State::Paused) && rec.expires_at_ms <= now;
-            // A kill that died half-way is finished; failures stay visible for a while.
-            let stuck = (rec.state == State::Stopping && rec.updated_at_ms + 60_000 <= now)
-                || (rec.state == State::Failed && rec.updated_at_ms + FAILED_RETENTION_MS <= now);
-            if expired || stuck {
-                match self.kill_any(&rec.id).await {
-                    Ok(()) => n += 1,
-                    Err(Error::NotFound(_)) => {}
-                    Err(e) => eprintln!("warren: reaping {}: {e}", rec.id),
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    /// Runs the reaper until the returned handle is aborted.
-    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut last_watch = std::time::Instant::now();
-            let mut last_beat: Option<std::time::Instant> = None;
-            loop {
-                if !me.cfg.node.is_empty() && last_beat.is_none_or(|t| t.elapsed() >= NODE_BEAT) {
-                    last_beat = Some(std::time::Instant::now());
-                    if let Err(e) = me.heartbeat().await {
-                        eprintln!("warren: heartbeat: {e}");
-                    }
-                    if let Err(e) = me.claim_shared_jobs().await {
-                        me.shared_jobs.store(false, std::sync::atomic::Ordering::Relaxed);
-                        eprintln!("warren: shared-jobs lease: {e}");
-                    }
-                    match me.sweep_dead_nodes().await {
-                        Ok(0) => {}
-                        Ok(n) => eprintln!("warren: {n} workspace(s) of dead replicas marked failed"),
-                        Err(e) => eprintln!("warren: sweeper: {e}"),
-                    }
-                }
-                me.refill_pools().await;
-                tokio::time::sleep(me.cfg.reap_interval).await;
-                if last_watch.elapsed() >= WATCH_INTERVAL {
-                    last_watch = std::time::Instant::now();
-                    match me.watch_once().await {
-                        Ok(0) => {}
-                        Ok(n) => eprintln!("warren: {n} workspace(s) ended on their own and were marked failed"),
-                        Err(e) => eprintln!("warren: watch: {e}"),
-                    }
-                }
-                if let Err(e) = me.reap_once().await {
-                    eprintln!("warren: reaper: {e}");
-                }
-                if let Err(e) = me.idle_once().await {
-                    eprintln!("warren: idle check: {e}");
-                }
-            }
-        })
-    }
-
-    /// Tells the other replicas this one is alive and where it listens.
-    pub async fn heartbeat(&self) -> Result<()> {
-        let node = NodeRecord {
-            id: self.cfg.node.clone(),
-            url: self.cfg.node_url.clone(),
-            expires_at_ms: self.clock.now_ms() + self.cfg.replica_timeout.as_millis() as u64,
-        };
-        Ok(self.store.put_node(&node).await?)
-    }
-
     /// Where a replica listens, if it is alive (None: unknown or dead).
     pub async fn live_node_url(&self, node: &str) -> Result<Option<String>> {
         let now = self.clock.now_ms();
         Ok(self.store.list_nodes().await?.into_iter().find(|n| n.id == node && n.expires_at_ms > now).map(|n| n.url))
-    }
-
-    /// Under the cluster-wide sweeper lease (one replica at a time; another
-    /// takes over within seconds when it dies): marks the live workspaces of
-    /// replicas whose heartbeat stopped as failed, so tenants see the truth
-    /// and metering stops. Returns how many were marked.
-    pub async fn sweep_dead_nodes(&self) -> Result<usize> {
-        let lease = self.cfg.replica_timeout.clamp(Duration::from_secs(2), Duration::from_secs(10));
-        if !self.store.lease("sweeper", &self.cfg.node, lease).await? {
-            return Ok(0);
-        }
-        let now = self.clock.now_ms();
-        let dead: std::collections::HashSet<String> = self
-            .store
-            .list_nodes()
-            .await?
-            .into_iter()
-            .filter(|n| n.id != self.cfg.node && n.expires_at_ms < now)
-            .map(|n| n.id)
-            .collect();
-        if dead.is_empty() {
-            return Ok(0);
-        }
-        let mut marked = 0;
-        for rec in self.store.list_workspaces().await? {
-            if !dead.contains(&rec.node) || !matches!(rec.state, State::Creating | State::Running | State::Paused) {
-                continue;
-            }
-            if rec.state == State::Creating {
-                // Died mid-create: the tenant never got this workspace, so it
-                // goes away (the log keeps Created → Failed; no usage). What
-                // the backend may have started is removed by the replica's
-                // reconcile when it returns.
-                let msg = format!("its server replica {} died during the create", rec.node);
-                if self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await.is_ok()
-                    && self.transition(&rec.id, State::Deleted, |_| {}).await.is_ok()
-                {
-                    self.store.delete_workspace(&rec.id).await?;
-                    marked += 1;
-                }
-                continue;
-            }
-            let msg = format!("its server replica {} stopped answering", rec.node);
-            if self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await.is_ok() {
-                marked += 1;
-            }
-        }
-        Ok(marked)
-    }
-
-    /// Finds live workspaces whose backend says they ended on their own
-    /// (crash, OOM kill, engine restart, a cloud stopping a task) and marks
-    /// them failed with the reason, so clients get an honest state and
-    /// metering stops. Returns how many were marked.
-    pub async fn watch_once(&self) -> Result<usize> {
-        let started = self.clock.now_ms();
-        let live: HashMap<WorkspaceId, (RunState, Option<String>)> = self
-            .provider
-            .list()
-            .await?
-            .into_iter()
-            .map(|s| (s.id, (s.state, s.labels.get(warren_provider::ENDED_LABEL).cloned())))
-            .collect();
-        let mut marked = 0;
-        for rec in self.my_workspaces().await? {
-            // Only records older than the backend's answer: a workspace
-            // created meanwhile is not missing, just new.
-            if rec.provider != self.provider.name()
-                || !matches!(rec.state, State::Running | State::Paused)
-                || rec.updated_at_ms >= started
-            {
-                continue;
-            }
-            let msg = match live.get(&rec.id) {
-                Some((RunState::Exited, Some(why))) => format!("the backend ended the workspace: {why}"),
-                Some((RunState::Exited, None)) => {
-                    "the workspace's processes ended (the backend reports it exited)".to_string()
-                }
-                None => "the workspace vanished from the backend".to_string(),
-                Some(_) => continue,
-            };
-            let _ = self.provider.destroy(&rec.id).await;
-            let result = self.transition(&rec.id, State::Failed, move |r| r.error = Some(msg)).await;
-            match result {
-                Ok(_) => {
-                    self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
-                    marked += 1;
-                }
-                // Killed or changed concurrently: theirs wins.
-                Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(marked)
     }
 
     /// Rewrites records an older version stored (read through the store's
@@ -1056,6 +862,7 @@ impl Orchestrator {
 
     /// Brings store and backend into agreement after a (re)start: adopts
     /// what still runs, fails what died, removes what nobody knows.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         let live: HashMap<WorkspaceId, warren_provider::SandboxInfo> =

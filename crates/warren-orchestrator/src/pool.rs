@@ -21,11 +21,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use warren_core::autoscale::{PolicyConfig, PoolPolicy};
-use warren_core::{random_token, Size, State, WorkspaceId};
+use warren_core::{random_token, Size, State, Stopwatch, WorkspaceId};
 use warren_proto::client::AgentClient;
 use warren_proto::http::InitRequest;
 use warren_store::{EventKind, NewEvent, Owner, StoreError, WorkspaceRecord};
@@ -47,7 +47,7 @@ pub(crate) struct Taken {
     rec: WorkspaceRecord,
     token: String,
     pool: usize,
-    started: Instant,
+    started: Stopwatch,
 }
 
 /// One pool: how many ready workspaces of a template and size to keep.
@@ -103,14 +103,14 @@ struct Counters {
     /// Ready members (with when they were added), so a claim takes one
     /// without scanning the store; the store's compare-and-set still
     /// decides. Rebuilt from the store by every refill pass.
-    ready: Mutex<Vec<(WorkspaceId, Instant)>>,
+    ready: Mutex<Vec<(WorkspaceId, Stopwatch)>>,
     /// Whether a refill pass has filled `ready` from the store yet (until
     /// then claims scan the store).
     indexed: AtomicBool,
     /// The template revision new members are built from.
     revision: Mutex<String>,
     /// When the last claim came in: refills hold back during a burst.
-    last_claim: Mutex<Option<Instant>>,
+    last_claim: Mutex<Option<Stopwatch>>,
     /// Refill workers running.
     workers: AtomicUsize,
     /// Wakes idle refill workers after a claim.
@@ -143,7 +143,7 @@ impl Counters {
         self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<(WorkspaceId, Instant)>> {
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<(WorkspaceId, Stopwatch)>> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -268,7 +268,7 @@ impl Orchestrator {
             return Ok(None);
         }
         let pool_name = spec.key().to_string();
-        let started = Instant::now();
+        let started = Stopwatch::start();
         counters.policy().record_claim(self.clock.now_ms());
         *counters.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         counters.kick.notify_waiters();
@@ -366,7 +366,7 @@ impl Orchestrator {
         let agent = cached.unwrap_or_else(|| AgentClient::new(ep));
         let init = InitRequest { access_token: Some(token.clone()), env_vars: Some(env.clone()), ..Default::default() };
         if let Err(e) = agent.init(&rec.init_token, &init).await {
-            eprintln!("warren: pool member {} refused its personalisation: {e}", rec.id);
+            tracing::warn!(workspace = %rec.id, error = %e, "pool member refused its personalisation");
             let _ = self.kill_any(&rec.id).await;
             return None;
         }
@@ -382,12 +382,14 @@ impl Orchestrator {
     /// One refill pass: drains members of an older template revision and
     /// an adaptive pool's surplus, rebuilds the claim index from the store,
     /// and starts refill workers for pools below their target.
-    pub async fn refill_pools(self: &Arc<Self>) {
+    /// Returns how many members it drained.
+    pub async fn refill_pools(self: &Arc<Self>) -> usize {
         if self.pools.specs.is_empty() {
-            return;
+            return 0;
         }
-        let scanned_at = Instant::now();
-        let Ok(all) = self.my_workspaces().await else { return };
+        let scanned_at = Stopwatch::start();
+        let Ok(all) = self.my_workspaces().await else { return 0 };
+        let mut drained = 0;
         // Current template revisions; a template the backend cannot list
         // keeps its members (no revision to compare with).
         let revisions: BTreeMap<String, String> = match self.provider.templates().await {
@@ -398,7 +400,7 @@ impl Orchestrator {
         // not record its pool) serve nobody: drain them.
         for r in all.iter().filter(|r| r.is_pool_member() && r.state.is_live()) {
             if !self.pools.specs.iter().any(|(s, _)| is_member(r, s.key())) && self.drain_member(&r.id).await {
-                eprintln!("warren: drained member {} of a pool no longer configured", r.id);
+                drained += 1;
             }
         }
         for (i, (spec, counters)) in self.pools.specs.iter().enumerate() {
@@ -414,6 +416,7 @@ impl Orchestrator {
                     // races with this kill wins the CAS or loses cleanly).
                     if self.drain_member(&r.id).await {
                         counters.drained.fetch_add(1, Ordering::Relaxed);
+                        drained += 1;
                     }
                 } else {
                     fresh.push(r);
@@ -429,6 +432,7 @@ impl Orchestrator {
                 for (n, r) in fresh.into_iter().enumerate() {
                     if n < surplus && self.drain_member(&r.id).await {
                         counters.shrunk.fetch_add(1, Ordering::Relaxed);
+                        drained += 1;
                     } else {
                         kept.push(r);
                     }
@@ -439,7 +443,7 @@ impl Orchestrator {
             // now, plus any that became ready after the scan started.
             {
                 let mut ready = counters.ready();
-                let later: Vec<(WorkspaceId, Instant)> = ready.drain(..).filter(|(_, at)| *at > scanned_at).collect();
+                let later: Vec<(WorkspaceId, Stopwatch)> = ready.drain(..).filter(|(_, at)| *at > scanned_at).collect();
                 let mut seen: std::collections::HashSet<WorkspaceId> = later.iter().map(|(id, _)| id.clone()).collect();
                 for r in &fresh {
                     if is_ready_member(r, spec.key()) && seen.insert(r.id.clone()) {
@@ -452,6 +456,7 @@ impl Orchestrator {
             counters.indexed.store(true, Ordering::Release);
             self.ensure_workers(i);
         }
+        drained
     }
 
     /// Members the pool still lacks: target − ready − being built.
@@ -470,8 +475,10 @@ impl Orchestrator {
         for (_, c) in &self.pools.specs {
             c.kick.notify_waiters();
         }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.pools.specs.iter().any(|(_, c)| c.workers.load(Ordering::Acquire) > 0) && Instant::now() < deadline {
+        let waited = Stopwatch::start();
+        while self.pools.specs.iter().any(|(_, c)| c.workers.load(Ordering::Acquire) > 0)
+            && !waited.passed(self.cfg.drain_timeout)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -496,7 +503,7 @@ impl Orchestrator {
     /// and exits after a while idle.
     async fn refill_worker(self: Arc<Self>, i: usize) {
         let (spec, counters) = &self.pools.specs[i];
-        let mut idle_since = Instant::now();
+        let mut idle_since = Stopwatch::start();
         loop {
             if self.pools.stopped.load(Ordering::Acquire) {
                 break;
@@ -523,21 +530,21 @@ impl Orchestrator {
             }
             let revision = counters.revision.lock().unwrap_or_else(|p| p.into_inner()).clone();
             // Real elapsed time, whatever clock drives the policy.
-            let started = Instant::now();
+            let started = Stopwatch::start();
             let built = self.warm_one(spec, revision).await;
             match built {
                 Ok(id) => {
-                    counters.ready().push((id, Instant::now()));
+                    counters.ready().push((id, Stopwatch::start()));
                     counters.in_flight.fetch_sub(1, Ordering::AcqRel);
                     let took = started.elapsed().as_millis() as u64;
                     counters.refill_ms.fetch_add(took, Ordering::Relaxed);
                     counters.refills.fetch_add(1, Ordering::Relaxed);
                     counters.policy().record_refill(took);
-                    idle_since = Instant::now();
+                    idle_since = Stopwatch::start();
                 }
                 Err(e) => {
                     counters.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    eprintln!("warren: pool {}: {e}", spec.template);
+                    tracing::warn!(pool = spec.key(), error = %e, "pool refill failed");
                     // Do not spin on a broken template; the next pass retries.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     break;

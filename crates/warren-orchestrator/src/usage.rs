@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use warren_core::{Size, State, TenantId};
 use warren_store::{Event, EventKind};
 
-
 /// How usage is grouped in time (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods, clippy::disallowed_macros)] // tests wait in real time and print
 //! Orchestrator lifecycle over the process fake, a memory or redb store and
 //! a manual clock.
 
@@ -5,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warren_core::{ManualClock, Size, State, WorkspaceId};
+use warren_orchestrator::jobs::Job;
 use warren_orchestrator::{Config, CreateRequest, Error, Orchestrator};
 use warren_provider::fake::ProcessProvider;
 use warren_provider::SandboxProvider;
@@ -31,6 +33,11 @@ fn env_with(store: Arc<dyn StateStore>, dir: tempfile::TempDir) -> Env {
 
 fn env() -> Env {
     env_with(Arc::new(MemoryStore::new()), tempfile::tempdir().unwrap())
+}
+
+/// One tick of `job` at the orchestrator's clock; how many it acted on.
+async fn tick(o: &Arc<Orchestrator>, job: Job) -> usize {
+    o.run_job(job, o.now_ms()).await.unwrap().acted
 }
 
 fn t(name: &str) -> warren_core::TenantId {
@@ -106,9 +113,9 @@ async fn timeouts_reaper_pause_resume() {
     e.orch.set_timeout(None, &keep.id, Duration::from_secs(3600)).await.unwrap();
     assert!(matches!(e.orch.set_timeout(None, &keep.id, Duration::ZERO).await, Err(Error::InvalidArgument(_))));
     e.clock.advance(Duration::from_secs(299));
-    assert_eq!(e.orch.reap_once().await.unwrap(), 0);
+    assert_eq!(tick(&e.orch, Job::Reap).await, 0);
     e.clock.advance(Duration::from_secs(2));
-    assert_eq!(e.orch.reap_once().await.unwrap(), 1);
+    assert_eq!(tick(&e.orch, Job::Reap).await, 1);
     assert!(matches!(e.orch.get(None, &ws.id).await, Err(Error::NotFound(_))));
     assert_eq!(e.orch.get(None, &keep.id).await.unwrap().state, State::Running);
 
@@ -154,7 +161,7 @@ async fn reconcile_adopts_fails_and_removes_orphans() {
         .unwrap();
 
     // "Restart": a new orchestrator over the same store and backend state.
-    let orch2 = Orchestrator::new(provider(&e.root), e.store.clone(), e.clock.clone(), Config::default());
+    let orch2 = Arc::new(Orchestrator::new(provider(&e.root), e.store.clone(), e.clock.clone(), Config::default()));
     let report = orch2.reconcile().await.unwrap();
     assert_eq!(report.adopted, 1, "{report:?}");
     assert_eq!(report.failed, 2, "{report:?}");
@@ -169,8 +176,8 @@ async fn reconcile_adopts_fails_and_removes_orphans() {
     ));
     // Failed records go after their retention; a second reconcile is a no-op.
     orch2.set_timeout(None, &a.id, Duration::from_secs(7200)).await.unwrap();
-    e.clock.advance(Duration::from_millis(warren_orchestrator::FAILED_RETENTION_MS + 1));
-    assert_eq!(orch2.reap_once().await.unwrap(), 2);
+    e.clock.advance(Config::default().failed_retention + Duration::from_millis(1));
+    assert_eq!(tick(&orch2, Job::Reap).await, 2);
     let again = orch2.reconcile().await.unwrap();
     assert_eq!(again, warren_orchestrator::ReconcileReport { adopted: 1, ..Default::default() });
     orch2.kill(None, &a.id).await.unwrap();
@@ -182,7 +189,7 @@ async fn idle_workspaces_are_paused_but_busy_ones_are_not() {
     let root = dir.path().to_path_buf();
     let clock = Arc::new(ManualClock::new(1_000_000));
     let cfg = Config { idle_timeout: Some(Duration::from_secs(60)), ..Config::default() };
-    let orch = Orchestrator::new(provider(&root), Arc::new(MemoryStore::new()), clock.clone(), cfg);
+    let orch = Arc::new(Orchestrator::new(provider(&root), Arc::new(MemoryStore::new()), clock.clone(), cfg));
     let idle = orch.create(req("a")).await.unwrap();
     let busy = orch.create(req("a")).await.unwrap();
     let used = orch.create(req("a")).await.unwrap();
@@ -205,11 +212,11 @@ async fn idle_workspaces_are_paused_but_busy_ones_are_not() {
         .unwrap();
     bg.pid().await.unwrap();
     clock.advance(Duration::from_secs(59));
-    assert_eq!(orch.idle_once().await.unwrap(), 0);
+    assert_eq!(tick(&orch, Job::Idle).await, 0);
     // Traffic on `used` just before the limit counts as activity.
     orch.agent(None, &used.id).await.unwrap();
     clock.advance(Duration::from_secs(2));
-    let paused = orch.idle_once().await.unwrap();
+    let paused = tick(&orch, Job::Idle).await;
     let states: Vec<_> = [&idle, &busy, &used].iter().map(|w| w.id.clone()).collect();
     let mut got = Vec::new();
     for id in &states {
@@ -464,15 +471,15 @@ async fn workspaces_that_end_on_their_own_are_marked_failed() {
     // The backend loses one behind warren's back (crash, OOM, engine restart).
     provider(&e.root).stop(&dead.id).await.unwrap();
     // A record newer than the backend's answer is left alone.
-    assert_eq!(e.orch.watch_once().await.unwrap(), 0, "same-millisecond records are not judged");
+    assert_eq!(tick(&e.orch, Job::Watch).await, 0, "same-millisecond records are not judged");
     e.clock.advance(Duration::from_secs(1));
-    assert_eq!(e.orch.watch_once().await.unwrap(), 1);
+    assert_eq!(tick(&e.orch, Job::Watch).await, 1);
     let d = e.orch.get(None, &dead.id).await.unwrap();
     assert_eq!(d.state, State::Failed);
     assert!(d.error.as_deref().unwrap_or("").contains("exited"), "{d:?}");
     assert_eq!(e.orch.get(None, &alive.id).await.unwrap().state, State::Running);
     // Idempotent.
-    assert_eq!(e.orch.watch_once().await.unwrap(), 0);
+    assert_eq!(tick(&e.orch, Job::Watch).await, 0);
     e.orch.kill(None, &alive.id).await.unwrap();
 }
 
@@ -666,4 +673,32 @@ async fn records_of_the_old_layout_are_migrated_and_old_members_drained() {
     assert_eq!(store.get_workspace(&member.id).await.unwrap(), None);
     assert!(matches!(fake.inspect(&member.id).await, Err(warren_provider::ProviderError::NotFound(_))));
     orch.kill(None, &fresh.id).await.unwrap();
+}
+
+/// The scheduler tells time by the orchestrator's clock: with a manual
+/// clock nothing expires until the clock moves; then the reap job ends the
+/// expired workspace within its interval. Shutdown returns once the tick in
+/// progress is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_runs_jobs_by_the_clock_and_shuts_down() {
+    let e = env();
+    let mut r = req("alice");
+    r.timeout = Some(Duration::from_secs(30));
+    let ws = e.orch.create(r).await.unwrap();
+    let jobs = e.orch.spawn_jobs();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(e.orch.get(None, &ws.id).await.unwrap().state, State::Running, "real time passing expires nothing");
+    e.clock.advance(Duration::from_secs(31));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.orch.get(None, &ws.id).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the reap job never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = std::time::Instant::now();
+    jobs.shutdown().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    // Every job also runs by hand, one tick at a time.
+    for job in Job::ALL {
+        e.orch.run_job(job, e.orch.now_ms()).await.unwrap();
+    }
 }

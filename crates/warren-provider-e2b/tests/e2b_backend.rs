@@ -3,6 +3,7 @@
 //! the orchestrator running workspaces on it end to end.
 
 use std::sync::Arc;
+use warren_orchestrator::jobs::Job;
 
 use warren_orchestrator::{CreateRequest, Orchestrator};
 use warren_provider::routing::{Route, RoutingProvider};
@@ -31,7 +32,16 @@ fn sandbox_helper() -> std::path::PathBuf {
 /// the local provider (as E2B's are by microVMs); returns its URL.
 async fn cloud(dir: &std::path::Path) -> String {
     let store = Arc::new(MemoryStore::new());
-    store.put_api_key(&warren_server::auth::record(KEY, &warren_core::TenantId::new("cloud-team").unwrap(), "test", false, 0)).await.unwrap();
+    store
+        .put_api_key(&warren_server::auth::record(
+            KEY,
+            &warren_core::TenantId::new("cloud-team").unwrap(),
+            "test",
+            false,
+            0,
+        ))
+        .await
+        .unwrap();
     let provider = Arc::new(
         warren_provider_local::LocalProvider::new(warren_provider_local::LocalConfig {
             state_dir: dir.join("cloud"),
@@ -104,13 +114,14 @@ async fn the_orchestrator_runs_workspaces_on_e2b() {
         Arc::new(warren_core::SystemClock),
         Default::default(),
     );
-    let rec =
-        orch.create(CreateRequest::new(warren_core::TenantId::new("t").unwrap(), "base")).await.unwrap();
+    let rec = orch.create(CreateRequest::new(warren_core::TenantId::new("t").unwrap(), "base")).await.unwrap();
     let (_, agent) = orch.agent(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id).await.unwrap();
     let out = agent.sh("echo on e2b").await.unwrap();
     assert_eq!(out.stdout, b"on e2b\n");
     // The timeout moves the remote deadline too.
-    orch.set_timeout(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id, std::time::Duration::from_secs(600)).await.unwrap();
+    orch.set_timeout(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
     orch.kill(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id).await.unwrap();
     assert!(p.list().await.unwrap().is_empty());
 }
@@ -304,25 +315,29 @@ async fn replicas_share_network_reachable_workspaces_under_one_lease() {
             replica_timeout: Duration::from_secs(2),
             ..Default::default()
         };
-        Orchestrator::new(Arc::new(backend(&url, "shared")), store.clone(), Arc::new(warren_core::SystemClock), cfg)
+        Arc::new(Orchestrator::new(
+            Arc::new(backend(&url, "shared")),
+            store.clone(),
+            Arc::new(warren_core::SystemClock),
+            cfg,
+        ))
     };
     let (a, b) = (replica("a"), replica("b"));
-    let rec =
-        a.create(CreateRequest::new(warren_core::TenantId::new("t").unwrap(), "base")).await.unwrap();
+    let rec = a.create(CreateRequest::new(warren_core::TenantId::new("t").unwrap(), "base")).await.unwrap();
     assert_eq!(rec.node, "", "owned by no replica");
     let (_, agent) = b.agent(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id).await.unwrap();
     assert_eq!(agent.sh("echo from b").await.unwrap().stdout, b"from b\n");
 
-    assert!(a.claim_shared_jobs().await.unwrap());
-    assert!(!b.claim_shared_jobs().await.unwrap(), "one holder at a time");
+    assert_eq!(a.run_job(Job::Lease, a.now_ms()).await.unwrap().acted, 1);
+    assert_eq!(b.run_job(Job::Lease, b.now_ms()).await.unwrap().acted, 0, "one holder at a time");
     a.set_timeout(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id, Duration::from_secs(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The expired workspace is the lease holder's to reap, not b's.
-    assert_eq!(b.reap_once().await.unwrap(), 0);
+    assert_eq!(b.run_job(Job::Reap, b.now_ms()).await.unwrap().acted, 0);
     // a stops renewing (as if it died): b takes the jobs over.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(b.claim_shared_jobs().await.unwrap());
-    assert_eq!(b.reap_once().await.unwrap(), 1);
+    assert_eq!(b.run_job(Job::Lease, b.now_ms()).await.unwrap().acted, 1);
+    assert_eq!(b.run_job(Job::Reap, b.now_ms()).await.unwrap().acted, 1);
     assert!(b.get(Some(&warren_core::TenantId::new("t").unwrap()), &rec.id).await.is_err(), "reaped");
 }
 

@@ -225,12 +225,12 @@ async fn tasks_ecs_stops_on_its_own_report_why_and_fail_in_the_orchestrator() {
     let ecs = ecs_client(&url).await;
     ecs.create_cluster().cluster_name("ws").send().await.unwrap();
     let p = std::sync::Arc::new(EcsProvider::new(config(&url, "t2", &net)).await.unwrap());
-    let orch = warren_orchestrator::Orchestrator::new(
+    let orch = std::sync::Arc::new(warren_orchestrator::Orchestrator::new(
         p.clone(),
         std::sync::Arc::new(warren_store::MemoryStore::new()),
         std::sync::Arc::new(warren_core::SystemClock),
         Default::default(),
-    );
+    ));
     let rec = orch
         .create(warren_orchestrator::CreateRequest::new(warren_core::TenantId::new("t").unwrap(), "base"))
         .await
@@ -242,7 +242,7 @@ async fn tasks_ecs_stops_on_its_own_report_why_and_fail_in_the_orchestrator() {
     assert_eq!(seen.state, RunState::Exited);
     assert!(seen.labels[warren_provider::ENDED_LABEL].contains("Spot"), "{seen:?}");
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(orch.watch_once().await.unwrap(), 1);
+    assert_eq!(orch.run_job(warren_orchestrator::jobs::Job::Watch, orch.now_ms()).await.unwrap().acted, 1);
     let failed = orch.get(None, &rec.id).await.unwrap();
     assert_eq!(failed.state, warren_core::State::Failed);
     assert!(failed.error.as_deref().unwrap_or("").contains("Spot Instance interruption"), "{failed:?}");

@@ -517,7 +517,7 @@ impl SandboxProvider for LocalProvider {
         let root = self.templates_dir();
         let (name, archive) = (name.to_string(), archive.to_path_buf());
         let t = tokio::task::spawn_blocking(move || {
-            oci::import(&root, &name, &archive, &mut |m| eprintln!("warren: import {name}: {m}"))
+            oci::import(&root, &name, &archive, &mut |m| tracing::info!(template = %name, "import: {m}"))
         })
         .await
         .map_err(|e| ProviderError::Internal(format!("import task: {e}")))?

@@ -202,7 +202,7 @@ async fn probe_all(kernel: Kernel, root: &AgentClient, token: Option<String>, b:
             let h = host(&cargv);
             if h == "denied ENOSYS" {
                 // This kernel was built without it: nothing to attack.
-                eprintln!("probe {what}: not in this host's kernel (ENOSYS on the host), skipped");
+                tracing::warn!(probe = what, "not in this host's kernel (ENOSYS on the host), skipped");
                 continue;
             }
             assert_eq!(h, "ok", "positive control on the host for {what} ({c:?}) must work, got {h:?}");

@@ -26,7 +26,10 @@ const ADMIN: &str = "e2b_00000000000000000000000000000000000admin";
 async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
-    store.put_api_key(&auth::record(ADMIN, &warren_core::TenantId::new("default").unwrap(), "admin", true, 0)).await.unwrap();
+    store
+        .put_api_key(&auth::record(ADMIN, &warren_core::TenantId::new("default").unwrap(), "admin", true, 0))
+        .await
+        .unwrap();
     let provider = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
     let orch = Arc::new(Orchestrator::new(provider, store.clone(), Arc::new(SystemClock), Config::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -43,7 +46,10 @@ impl Server {
 
     async fn tenant_key(&self, tenant: &str) -> String {
         let key = auth::new_key();
-        self.store.put_api_key(&auth::record(&key, &warren_core::TenantId::new(tenant).unwrap(), tenant, false, 0)).await.unwrap();
+        self.store
+            .put_api_key(&auth::record(&key, &warren_core::TenantId::new(tenant).unwrap(), tenant, false, 0))
+            .await
+            .unwrap();
         key
     }
 

@@ -38,13 +38,13 @@ async fn https_h2_and_wildcard_host_routing() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let k = "e2b_tls0000000000000000000000000000000000000";
-    store.put_api_key(&auth::record(k, &warren_core::TenantId::new("default").unwrap(), "admin", true, 0)).await.unwrap();
-    let provider = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
-    let orch = Arc::new(Orchestrator::new(provider, store, Arc::new(SystemClock), Config::default()));
-    let ws = orch
-        .create(CreateRequest::new(warren_core::TenantId::new("default").unwrap(), "base"))
+    store
+        .put_api_key(&auth::record(k, &warren_core::TenantId::new("default").unwrap(), "admin", true, 0))
         .await
         .unwrap();
+    let provider = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
+    let orch = Arc::new(Orchestrator::new(provider, store, Arc::new(SystemClock), Config::default()));
+    let ws = orch.create(CreateRequest::new(warren_core::TenantId::new("default").unwrap(), "base")).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let tls = warren_server::tls::config(&cert, &key).unwrap();

@@ -175,7 +175,6 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
     assert_eq!(store.get_workspace(&p.id).await.unwrap().as_ref(), Some(&p));
     store.delete_workspace(&p.id).await.unwrap();
 
-
     // Everything survives a reopen.
     if let Some(reopen) = reopen {
         drop(store);

@@ -40,7 +40,9 @@ pub enum Owner {
         /// Its agent answered and ran a real command: it may be claimed.
         ready: bool,
     },
-    Tenant { tenant: TenantId },
+    Tenant {
+        tenant: TenantId,
+    },
 }
 
 /// A workspace as the control plane knows it.
