@@ -14,7 +14,7 @@ use warren_provider_local::{LocalConfig, LocalProvider};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// create | exec | list | pool | density | docker | all
+    /// create | exec | list | quota | pool | density | docker | all
     #[arg(default_value = "all")]
     pub which: String,
     /// Iterations per variant.
@@ -490,6 +490,117 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// A store that answers `tenant_usage` the way every store did before the
+/// usage index: by reading every record (the trait's default).
+struct ScanningStore(Arc<warren_store::RedbStore>);
+
+#[async_trait::async_trait]
+impl warren_store::StateStore for ScanningStore {
+    async fn insert_workspace(
+        &self,
+        rec: &warren_store::WorkspaceRecord,
+        event: warren_store::NewEvent,
+    ) -> warren_store::Result<warren_store::Event> {
+        self.0.insert_workspace(rec, event).await
+    }
+    async fn get_workspace(&self, id: &WorkspaceId) -> warren_store::Result<Option<warren_store::WorkspaceRecord>> {
+        self.0.get_workspace(id).await
+    }
+    async fn list_workspaces(&self) -> warren_store::Result<Vec<warren_store::WorkspaceRecord>> {
+        self.0.list_workspaces().await
+    }
+    async fn update_workspace(
+        &self,
+        id: &WorkspaceId,
+        f: warren_store::Update,
+    ) -> warren_store::Result<(warren_store::WorkspaceRecord, Option<warren_store::Event>)> {
+        self.0.update_workspace(id, f).await
+    }
+    async fn delete_workspace(&self, id: &WorkspaceId) -> warren_store::Result<()> {
+        self.0.delete_workspace(id).await
+    }
+    async fn events_since(&self, after: u64, limit: usize) -> warren_store::Result<Vec<warren_store::Event>> {
+        self.0.events_since(after, limit).await
+    }
+    async fn put_api_key(&self, key: &warren_store::ApiKeyRecord) -> warren_store::Result<()> {
+        self.0.put_api_key(key).await
+    }
+    async fn get_api_key(&self, hash: &str) -> warren_store::Result<Option<warren_store::ApiKeyRecord>> {
+        self.0.get_api_key(hash).await
+    }
+    async fn list_api_keys(&self) -> warren_store::Result<Vec<warren_store::ApiKeyRecord>> {
+        self.0.list_api_keys().await
+    }
+}
+
+/// Create with the default quota (checked on every create) on an empty
+/// store, on one holding 10,000 other workspaces with the usage index, and
+/// on the same store answering by a scan (as before the index). Each create
+/// is timed from the call to a running workspace (process backend, real
+/// agent), then killed; variants alternate in rounds.
+async fn bench_quota(dir: &Path, n: usize) -> Result<()> {
+    use warren_store::StateStore as _;
+    let open = |name: &str| -> Result<Arc<warren_store::RedbStore>> {
+        Ok(Arc::new(warren_store::RedbStore::open(&dir.join(name)).map_err(|e| anyhow::anyhow!("{e}"))?))
+    };
+    let empty = open("quota-empty.redb")?;
+    let full = open("quota-full.redb")?;
+    let have = full.list_workspaces().await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
+    eprintln!("bench quota: storing {} workspaces of other tenants…", 10_000usize.saturating_sub(have));
+    for i in have..10_000 {
+        let mut r = warren_store::conformance::record(&format!("other{}", i % 50));
+        r.state = warren_core::State::Running;
+        let ev = warren_store::NewEvent {
+            at_ms: 0,
+            workspace: r.id.clone(),
+            tenant: r.tenant().cloned(),
+            size: r.size,
+            kind: warren_store::EventKind::Created { template: "base".into() },
+            backend: r.provider.clone(),
+        };
+        full.insert_workspace(&r, ev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let agent = warren_provider::conformance::agent_binary();
+    let orch = |store: Arc<dyn warren_store::StateStore>, name: &str| {
+        let p: Arc<dyn SandboxProvider> =
+            Arc::new(warren_provider::fake::ProcessProvider::new(dir.join(format!("quota-{name}")), agent.clone()));
+        // The safe default quota: checked on every create.
+        let cfg = warren_orchestrator::Config {
+            default_quota: warren_orchestrator::Quota {
+                max_workspaces: Some(100),
+                max_millicpus: Some(64_000),
+                max_memory_mib: Some(131_072),
+                max_creates_per_minute: None,
+            },
+            ..Default::default()
+        };
+        Arc::new(warren_orchestrator::Orchestrator::new(p, store, Arc::new(SystemClock), cfg))
+    };
+    let variants = [
+        ("empty store", orch(empty, "empty")),
+        ("10,000 stored, usage index", orch(full.clone(), "indexed")),
+        ("10,000 stored, scan (before the index)", orch(Arc::new(ScanningStore(full)), "scan")),
+    ];
+    let mut rows: Vec<Series> = variants.iter().map(|(name, _)| Series { name: (*name).into(), ms: vec![] }).collect();
+    let tenant = warren_core::TenantId::new("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    for round in 0..n + 3 {
+        for (i, (_, o)) in variants.iter().enumerate() {
+            let t = Instant::now();
+            let ws = o
+                .create(warren_orchestrator::CreateRequest::new(tenant.clone(), "base"))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if round >= 3 {
+                rows[i].ms.push(ms);
+            }
+            o.kill(None, &ws.id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    report("Create with the default quota, empty vs 10,000 stored (process backend, real agent)", "empty store", rows);
+    Ok(())
+}
+
 /// A Docker provider for benchmarks, with the test image built.
 /// The static agent and the test image (built when missing), for the
 /// Docker benchmarks.
@@ -877,8 +988,8 @@ async fn bench_density(dir: &Path, count: usize) -> Result<()> {
 }
 
 pub async fn run(a: BenchArgs) -> Result<u8> {
-    if !["all", "create", "exec", "list", "pool", "density", "docker"].contains(&a.which.as_str()) {
-        bail!("unknown benchmark {:?}: create, exec, list, pool, density, docker or all", a.which);
+    if !["all", "create", "exec", "list", "quota", "pool", "density", "docker"].contains(&a.which.as_str()) {
+        bail!("unknown benchmark {:?}: create, exec, list, quota, pool, density, docker or all", a.which);
     }
     if (a.which == "all" || a.which == "pool") && !["local", "docker"].contains(&a.provider.as_str()) {
         bail!("--provider {:?}: local or docker", a.provider);
@@ -911,6 +1022,9 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
     }
     if all || a.which == "list" {
         bench_list(&dir, a.n).await?;
+    }
+    if all || a.which == "quota" {
+        bench_quota(&dir, a.n).await?;
     }
     if all || a.which == "pool" {
         bench_pool(&dir, a.burst, &a.provider, a.only.as_deref()).await?;

@@ -12,7 +12,9 @@ use std::time::Duration;
 use warren_core::{random_token, Clock, Size, State, Stopwatch, TenantId, WorkspaceId};
 use warren_proto::client::AgentClient;
 use warren_provider::{CreateSpec, NetworkMode, ProviderError, RunState, SandboxProvider, Stats, TemplateInfo};
-use warren_store::{EventKind, NewEvent, Owner, StateStore, StoreError, WorkspaceRecord, RECORD_SCHEMA};
+use warren_store::{
+    ApiKeyRecord, Event, EventKind, NewEvent, Owner, StateStore, StoreError, WorkspaceRecord, RECORD_SCHEMA,
+};
 
 pub mod jobs;
 pub mod pool;
@@ -248,6 +250,17 @@ pub struct Orchestrator {
     /// Per-tenant admission: the quota check and the claim or the insert of
     /// the new record happen under it, so concurrent creates cannot overshoot.
     admission: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<std::collections::VecDeque<u64>>>>>,
+    /// SHA-256 of access tokens → workspace, rebuilt from the store on a
+    /// miss ([`Orchestrator::workspace_by_token`]).
+    tokens: Mutex<HashMap<[u8; 32], WorkspaceId>>,
+}
+
+/// Whether `token`'s SHA-256 is `want` (digests compare in full, so the
+/// time taken says nothing about the token).
+fn digest_eq(token: &str, want: &[u8; 32]) -> bool {
+    use sha2::Digest as _;
+    let d: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    d.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// What a create holds while it is admitted: the tenant's local admission
@@ -287,6 +300,7 @@ impl Orchestrator {
             pools,
             shared_jobs: std::sync::atomic::AtomicBool::new(false),
             admission: Mutex::default(),
+            tokens: Mutex::default(),
         }
     }
 
@@ -294,8 +308,58 @@ impl Orchestrator {
         &self.provider
     }
 
-    pub fn store(&self) -> &Arc<dyn StateStore> {
-        &self.store
+    /// Stores (or replaces) an API key record.
+    pub async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        Ok(self.store.put_api_key(key).await?)
+    }
+
+    /// The API key with this SHA-256 (hex), if any.
+    pub async fn api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>> {
+        Ok(self.store.get_api_key(hash).await?)
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        Ok(self.store.list_api_keys().await?)
+    }
+
+    /// The event log from its start (usage and invoices derive from it).
+    pub async fn events(&self) -> Result<Vec<Event>> {
+        Ok(self.store.events_since(0, usize::MAX).await?)
+    }
+
+    /// The replica that owns workspace `id` (`None`: unknown workspace;
+    /// empty: no replica, reachable from any).
+    pub async fn owner_node(&self, id: &WorkspaceId) -> Result<Option<String>> {
+        Ok(self.store.get_workspace(id).await?.map(|r| r.node))
+    }
+
+    /// The running workspace whose agent access token is `token` (old E2B
+    /// SDKs route envd calls by it alone). Looked up in an index of token
+    /// digests; an entry is trusted only after the record's own token
+    /// matches, so a stale one (a claim changes the token) just rebuilds it.
+    pub async fn workspace_by_token(&self, token: &str) -> Result<Option<WorkspaceId>> {
+        use sha2::Digest as _;
+        let want: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let cached = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&want).cloned();
+        if let Some(id) = cached {
+            if let Some(r) = self.store.get_workspace(&id).await? {
+                if !r.is_pool_member() && r.state != State::Deleted && digest_eq(&r.access_token, &want) {
+                    return Ok(Some(id));
+                }
+            }
+        }
+        let all = self.store.list_workspaces().await?;
+        let mut index = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        index.clear();
+        let mut found = None;
+        for r in all.iter().filter(|r| !r.is_pool_member() && r.state != State::Deleted) {
+            let d: [u8; 32] = sha2::Sha256::digest(r.access_token.as_bytes()).into();
+            if d == want {
+                found = Some(r.id.clone());
+            }
+            index.insert(d, r.id.clone());
+        }
+        Ok(found)
     }
 
     pub fn config(&self) -> &Config {
@@ -454,23 +518,18 @@ impl Orchestrator {
                 )));
             }
         }
-        let live: Vec<WorkspaceRecord> = self
-            .store
-            .list_workspaces()
-            .await?
-            .into_iter()
-            .filter(|r| r.is_owned_by(tenant) && r.state.is_live())
-            .collect();
+        // An index in the store: no scan of every record per create.
+        let held = self.store.tenant_usage(tenant).await?;
         if let Some(max) = q.max_workspaces {
-            if live.len() >= max {
+            if held.workspaces >= max {
                 return Err(Error::QuotaExceeded(format!(
                     "tenant {tenant} has {} workspaces; its quota is {max}",
-                    live.len()
+                    held.workspaces
                 )));
             }
         }
         if let Some(max) = q.max_millicpus {
-            let used: u64 = live.iter().map(|r| r.size.millicpus as u64).sum();
+            let used = held.millicpus;
             if used + size.millicpus as u64 > max {
                 return Err(Error::QuotaExceeded(format!(
                     "tenant {tenant} uses {used} millicpus; {} more would pass its quota of {max}",
@@ -479,7 +538,7 @@ impl Orchestrator {
             }
         }
         if let Some(max) = q.max_memory_mib {
-            let used: u64 = live.iter().map(|r| r.size.memory_mib as u64).sum();
+            let used = held.memory_mib;
             if used + size.memory_mib as u64 > max {
                 return Err(Error::QuotaExceeded(format!(
                     "tenant {tenant} uses {used} MiB of memory; {} more would pass its quota of {max}",

@@ -65,7 +65,11 @@ async fn create_exec_list_and_tenant_scoping() {
     assert!(matches!(e.orch.agent(Some(&t("bob")), &ws.id).await, Err(Error::NotFound(_))));
     assert!(matches!(e.orch.kill(Some(&t("bob")), &ws.id).await, Err(Error::NotFound(_))));
     assert_eq!(e.orch.get(None, &ws.id).await.unwrap().metadata["k"], "v");
+    // The gateway finds a workspace by its access token (and by nothing else).
+    assert_eq!(e.orch.workspace_by_token(&ws.access_token).await.unwrap(), Some(ws.id.clone()));
+    assert_eq!(e.orch.workspace_by_token("not-a-token").await.unwrap(), None);
     e.orch.kill(Some(&t("alice")), &ws.id).await.unwrap();
+    assert_eq!(e.orch.workspace_by_token(&ws.access_token).await.unwrap(), None, "gone with its workspace");
     assert!(matches!(e.orch.get(None, &ws.id).await, Err(Error::NotFound(_))));
     // The whole life is in the event log, in order.
     let kinds: Vec<EventKind> = e.store.events_since(0, 100).await.unwrap().into_iter().map(|e| e.event.kind).collect();
@@ -242,7 +246,8 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
         pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 3, min: None, max: None }],
         ..Config::default()
     };
-    let orch = Arc::new(Orchestrator::new(provider(&root), Arc::new(MemoryStore::new()), clock, cfg));
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let orch = Arc::new(Orchestrator::new(provider(&root), store.clone(), clock, cfg));
     let wait_ready = |n: usize| {
         let orch = orch.clone();
         async move {
@@ -263,7 +268,7 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
     // Pool members are infrastructure: no tenant sees them.
     assert!(orch.list(None).await.unwrap().is_empty());
     let old_tokens: HashSet<String> =
-        orch.store().list_workspaces().await.unwrap().into_iter().map(|r| r.access_token).collect();
+        store.list_workspaces().await.unwrap().into_iter().map(|r| r.access_token).collect();
 
     // Ten concurrent creates: three hits, seven cold; every id distinct.
     let mut tasks = Vec::new();
@@ -288,7 +293,7 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
     let st = orch.pool_status().await.unwrap();
     assert_eq!((st[0].hits, st[0].misses), (3, 7), "{st:?}");
     // The pool's old token no longer opens a claimed workspace.
-    let events = orch.store().events_since(0, usize::MAX).await.unwrap();
+    let events = store.events_since(0, usize::MAX).await.unwrap();
     let claimed: Vec<_> = events.iter().filter(|e| matches!(e.event.kind, EventKind::Claimed { .. })).collect();
     assert_eq!(claimed.len(), 3, "each claim is a durable event");
     let pooled = orch.get(None, &claimed[0].event.workspace).await.unwrap();
@@ -296,7 +301,11 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
     for t in &old_tokens {
         let stale = warren_proto::client::AgentClient::new(ep.clone()).with_access_token(Some(t.clone()));
         assert!(stale.list().await.is_err());
+        // …and routes nowhere: pool members are nobody's, claimed ones have
+        // new tokens (the token index notices the change).
+        assert_eq!(orch.workspace_by_token(t).await.unwrap(), None);
     }
+    assert_eq!(orch.workspace_by_token(&pooled.access_token).await.unwrap(), Some(pooled.id.clone()));
     // It refills.
     wait_ready(3).await;
     for r in orch.list(None).await.unwrap() {
@@ -382,21 +391,16 @@ async fn pool_drains_members_of_an_old_template_revision() {
         pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 2, min: None, max: None }],
         ..Config::default()
     };
-    let orch = Arc::new(Orchestrator::new(
-        fake.clone(),
-        Arc::new(MemoryStore::new()),
-        Arc::new(warren_core::SystemClock),
-        cfg,
-    ));
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let orch = Arc::new(Orchestrator::new(fake.clone(), store.clone(), Arc::new(warren_core::SystemClock), cfg));
     fill_pool(&orch, 2).await;
-    let old: Vec<WorkspaceId> = orch.store().list_workspaces().await.unwrap().into_iter().map(|r| r.id).collect();
+    let old: Vec<WorkspaceId> = store.list_workspaces().await.unwrap().into_iter().map(|r| r.id).collect();
     assert_eq!(old.len(), 2);
 
     fake.set_revision("2");
     let st = fill_pool(&orch, 2).await;
     assert_eq!(st[0].drained, 2, "{st:?}");
-    let live: Vec<_> =
-        orch.store().list_workspaces().await.unwrap().into_iter().filter(|r| r.state.is_live()).collect();
+    let live: Vec<_> = store.list_workspaces().await.unwrap().into_iter().filter(|r| r.state.is_live()).collect();
     assert_eq!(live.len(), 2);
     for r in &live {
         assert!(!old.contains(&r.id), "an old member survived the template change");
@@ -411,7 +415,7 @@ async fn pool_drains_members_of_an_old_template_revision() {
     assert!(got.metadata.is_empty(), "the tenant's metadata is its own");
     assert_eq!(got.tenant(), Some(&t("t")));
     assert!(live.iter().any(|r| r.id == got.id));
-    for r in orch.store().list_workspaces().await.unwrap() {
+    for r in store.list_workspaces().await.unwrap() {
         let _ = orch.kill_any(&r.id).await;
     }
 }
@@ -423,7 +427,8 @@ async fn adaptive_pool_grows_with_demand_and_shrinks_when_it_stops() {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let spec = PoolSpec { name: None, template: "base".into(), size: None, target: 0, min: Some(0), max: Some(6) };
     let cfg = Config { pools: vec![spec], ..Config::default() };
-    let orch = Arc::new(Orchestrator::new(provider(dir.path()), Arc::new(MemoryStore::new()), clock.clone(), cfg));
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let orch = Arc::new(Orchestrator::new(provider(dir.path()), store.clone(), clock.clone(), cfg));
     let st = orch.pool_status().await.unwrap();
     assert_eq!((st[0].target, st[0].adaptive), (0, true));
     orch.refill_pools().await;
@@ -454,11 +459,11 @@ async fn adaptive_pool_grows_with_demand_and_shrinks_when_it_stops() {
     let st = orch.pool_status().await.unwrap();
     assert_eq!(st[0].ready, 0, "{st:?}");
     assert!(st[0].shrunk >= kept as u64, "{st:?}");
-    assert!(orch.store().list_workspaces().await.unwrap().iter().all(|r| !r.is_pool_member() || !r.state.is_live()));
+    assert!(store.list_workspaces().await.unwrap().iter().all(|r| !r.is_pool_member() || !r.state.is_live()));
     for r in made {
         orch.kill(None, &r.id).await.unwrap();
     }
-    for r in orch.store().list_workspaces().await.unwrap() {
+    for r in store.list_workspaces().await.unwrap() {
         let _ = orch.kill_any(&r.id).await;
     }
 }
@@ -591,11 +596,11 @@ async fn claims_respect_routes() {
         pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 1, min: None, max: None }],
         ..Config::default()
     };
-    let orch =
-        Arc::new(Orchestrator::new(Arc::new(router), Arc::new(MemoryStore::new()), Arc::new(ManualClock::new(1)), cfg));
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let orch = Arc::new(Orchestrator::new(Arc::new(router), store.clone(), Arc::new(ManualClock::new(1)), cfg));
     let st = fill_pool(&orch, 1).await;
     assert_eq!(st[0].name, "base");
-    let member = orch.store().list_workspaces().await.unwrap().remove(0);
+    let member = store.list_workspaces().await.unwrap().remove(0);
     assert_eq!((member.provider.as_str(), member.tenant()), ("own", None));
 
     let vip = orch.create(req("vip")).await.unwrap();
@@ -607,7 +612,7 @@ async fn claims_respect_routes() {
     let st = orch.pool_status().await.unwrap();
     assert_eq!((st[0].hits, st[0].misses), (1, 0), "a routed-away tenant does not count as a miss: {st:?}");
     orch.stop_pools().await;
-    for r in orch.store().list_workspaces().await.unwrap() {
+    for r in store.list_workspaces().await.unwrap() {
         let _ = orch.kill_any(&r.id).await;
     }
 }

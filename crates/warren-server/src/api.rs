@@ -402,11 +402,7 @@ pub async fn create_key(State(s): State<AppState>, caller: Caller, body: axum::b
     let tenant = warren_core::TenantId::new(b.tenant).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let key = crate::auth::new_key();
     let rec = crate::auth::record(&key, &tenant, &b.name, b.admin, s.orch.now_ms());
-    s.orch
-        .store()
-        .put_api_key(&rec)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    s.orch.put_api_key(&rec).await?;
     let mut v = serde_json::to_value(key_view(&rec)).map_err(|e| ApiError::internal(e.to_string()))?;
     v["key"] = serde_json::Value::String(key);
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -415,12 +411,7 @@ pub async fn create_key(State(s): State<AppState>, caller: Caller, body: axum::b
 /// `GET /v1/keys` (admin).
 pub async fn list_keys(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<KeyView>>> {
     require_admin(&caller)?;
-    let mut all = s
-        .orch
-        .store()
-        .list_api_keys()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let mut all = s.orch.api_keys().await?;
     all.sort_by_key(|k| k.created_at_ms);
     Ok(Json(all.iter().map(key_view).collect()))
 }
@@ -432,15 +423,14 @@ pub async fn revoke_key(
     Path(prefix): Path<String>,
 ) -> ApiResult<StatusCode> {
     require_admin(&caller)?;
-    let store = s.orch.store();
-    let all = store.list_api_keys().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let all = s.orch.api_keys().await?;
     let matching: Vec<_> = all.into_iter().filter(|k| k.prefix == prefix && !k.revoked).collect();
     if matching.is_empty() {
         return Err(ApiError::not_found(format!("no active key with prefix {prefix}")));
     }
     for mut k in matching {
         k.revoked = true;
-        store.put_api_key(&k).await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        s.orch.put_api_key(&k).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -459,11 +449,7 @@ pub struct UsageQuery {
 
 /// The whole event log (usage and invoices are computed from it).
 async fn all_events(s: &AppState) -> ApiResult<Vec<warren_store::Event>> {
-    s.orch
-        .store()
-        .events_since(0, usize::MAX)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+    Ok(s.orch.events().await?)
 }
 
 /// `GET /v1/usage`: running and paused seconds, vCPU- and GiB-seconds per

@@ -4,7 +4,7 @@
 use axum::http::HeaderMap;
 use sha2::Digest as _;
 use warren_core::TenantId;
-use warren_store::{ApiKeyRecord, StateStore};
+use warren_store::ApiKeyRecord;
 
 use crate::error::ApiError;
 
@@ -62,13 +62,10 @@ pub fn presented_key(h: &HeaderMap) -> Option<&str> {
     h.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
-pub async fn authenticate(store: &dyn StateStore, h: &HeaderMap) -> Result<Caller, ApiError> {
+pub async fn authenticate(orch: &warren_orchestrator::Orchestrator, h: &HeaderMap) -> Result<Caller, ApiError> {
     let key = presented_key(h)
         .ok_or_else(|| ApiError::unauthorized("missing API key (Authorization: Bearer <key> or X-API-Key)"))?;
-    let rec = store
-        .get_api_key(&hash_key(key))
-        .await
-        .map_err(|e| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let rec = orch.api_key(&hash_key(key)).await?;
     match rec {
         Some(r) if !r.revoked => Ok(Caller { tenant: r.tenant, admin: r.admin }),
         _ => Err(ApiError::unauthorized("invalid API key")),

@@ -421,10 +421,7 @@ async fn by_access_token(s: &AppState, path: &str, token: &str) -> Option<String
     if !envd_path {
         return None;
     }
-    use sha2::Digest as _;
-    let want = sha2::Sha256::digest(token.as_bytes());
-    let all = s.orch.list(None).await.ok()?;
-    all.iter().find(|r| sha2::Sha256::digest(r.access_token.as_bytes()) == want).map(|r| r.id.to_string())
+    s.orch.workspace_by_token(token).await.ok().flatten().map(|id| id.to_string())
 }
 
 /// Largest single RPC message the gateway takes (the agent's own limit is 16 MiB).

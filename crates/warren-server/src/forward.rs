@@ -64,8 +64,8 @@ pub async fn forward(State(s): State<AppState>, req: Request, next: Next) -> Res
     let Some(id) = workspace_of(&s, &req).and_then(|id| id.parse::<WorkspaceId>().ok()) else {
         return next.run(req).await;
     };
-    let owner = match s.orch.store().get_workspace(&id).await {
-        Ok(Some(rec)) if !rec.node.is_empty() && rec.node != me => rec.node,
+    let owner = match s.orch.owner_node(&id).await {
+        Ok(Some(node)) if !node.is_empty() && node != me => node,
         // Ours, unknown (the handler answers 404), or the store is down
         // (the handler answers 503).
         _ => return next.run(req).await,

@@ -110,7 +110,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        auth::authenticate(state.orch.store().as_ref(), &parts.headers).await
+        auth::authenticate(&state.orch, &parts.headers).await
     }
 }
 

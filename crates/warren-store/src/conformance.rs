@@ -46,6 +46,14 @@ fn created(r: &WorkspaceRecord) -> NewEvent {
     }
 }
 
+/// The store's usage of `u`, checked against a look at every record.
+async fn agree<S: StateStore>(store: &S, u: &TenantId) -> crate::TenantUsage {
+    let all = store.list_workspaces().await.unwrap();
+    let got = store.tenant_usage(u).await.unwrap();
+    assert_eq!(got, crate::TenantUsage::scan(u, &all));
+    got
+}
+
 /// Runs the suite. `reopen` (for durable stores) opens the same store again,
 /// as after a restart, and must see everything committed.
 pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
@@ -175,6 +183,49 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
     assert_eq!(store.get_workspace(&p.id).await.unwrap().as_ref(), Some(&p));
     store.delete_workspace(&p.id).await.unwrap();
 
+    // Per-tenant usage agrees with a look at every record, through
+    // inserts, size and state changes, a change of owner and deletes.
+    let u = tenant("usage-t");
+    assert_eq!(agree(store.as_ref(), &u).await.workspaces, 0);
+    let mut made = Vec::new();
+    for i in 0..3u32 {
+        let mut r = record("usage-t");
+        r.size.millicpus = 1000 * (i + 1);
+        store.insert_workspace(&r, created(&r)).await.unwrap();
+        made.push(r);
+    }
+    let got = agree(store.as_ref(), &u).await;
+    assert_eq!((got.workspaces, got.millicpus), (3, 6000));
+    store
+        .update_workspace(
+            &made[0].id,
+            Box::new(|r| {
+                r.state = State::Failed;
+                Ok(None)
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(agree(store.as_ref(), &u).await.millicpus, 5000, "a failed workspace holds nothing");
+    store
+        .update_workspace(
+            &made[1].id,
+            Box::new(|r| {
+                r.owner = Owner::Tenant { tenant: tenant("someone-else") };
+                Ok(None)
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(agree(store.as_ref(), &u).await.workspaces, 1);
+    for r in &made {
+        store.delete_workspace(&r.id).await.unwrap();
+    }
+    assert_eq!(agree(store.as_ref(), &u).await, crate::TenantUsage::default());
+    assert_eq!(store.tenant_usage(&tenant("someone-else")).await.unwrap().workspaces, 0);
+    let kept = record("reopen-t");
+    store.insert_workspace(&kept, created(&kept)).await.unwrap();
+
     // Everything survives a reopen.
     if let Some(reopen) = reopen {
         drop(store);
@@ -182,7 +233,8 @@ pub async fn run<S: StateStore>(store: Arc<S>, reopen: Option<&dyn Fn() -> S>) {
         let got = again.get_workspace(&a.id).await.unwrap().unwrap();
         assert_eq!(got.metadata["n"], "25");
         assert_eq!(got.state, State::Running);
-        assert_eq!(again.events_since(base_seq, usize::MAX).await.unwrap().len(), 29);
+        assert_eq!(again.events_since(base_seq, usize::MAX).await.unwrap().len(), 33);
+        assert_eq!(agree(&again, &tenant("reopen-t")).await.workspaces, 1, "the usage index is rebuilt on open");
         assert!(again.get_api_key(&key.hash).await.unwrap().unwrap().revoked);
     }
 }

@@ -99,6 +99,67 @@ impl WorkspaceRecord {
     }
 }
 
+/// What one tenant holds now: its live workspaces (creating, running,
+/// paused, stopping) and their sizes. Quotas are checked against it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    pub workspaces: usize,
+    pub millicpus: u64,
+    pub memory_mib: u64,
+}
+
+impl TenantUsage {
+    /// Adds (or, with `remove`, takes away) what `rec` holds, if it is
+    /// `tenant`'s and live.
+    pub fn account(&mut self, tenant: &TenantId, rec: &WorkspaceRecord, remove: bool) {
+        if !rec.is_owned_by(tenant) || !rec.state.is_live() {
+            return;
+        }
+        let (m, mem) = (u64::from(rec.size.millicpus), u64::from(rec.size.memory_mib));
+        if remove {
+            self.workspaces = self.workspaces.saturating_sub(1);
+            self.millicpus = self.millicpus.saturating_sub(m);
+            self.memory_mib = self.memory_mib.saturating_sub(mem);
+        } else {
+            self.workspaces += 1;
+            self.millicpus += m;
+            self.memory_mib += mem;
+        }
+    }
+
+    /// By looking at every record (what an index must agree with).
+    pub fn scan<'a>(tenant: &TenantId, all: impl IntoIterator<Item = &'a WorkspaceRecord>) -> Self {
+        let mut u = TenantUsage::default();
+        for r in all {
+            u.account(tenant, r, false);
+        }
+        u
+    }
+}
+
+/// Per-tenant usage kept in step with every record change, for stores that
+/// see every write (the embedded and in-memory ones).
+#[derive(Debug, Default)]
+pub(crate) struct UsageIndex(std::collections::HashMap<TenantId, TenantUsage>);
+
+impl UsageIndex {
+    /// Records that `old` became `new` (either may be absent).
+    pub(crate) fn replace(&mut self, old: Option<&WorkspaceRecord>, new: Option<&WorkspaceRecord>) {
+        for (rec, remove) in [(old, true), (new, false)] {
+            let Some((rec, t)) = rec.and_then(|r| r.tenant().map(|t| (r, t))) else { continue };
+            let u = self.0.entry(t.clone()).or_default();
+            u.account(t, rec, remove);
+            if *u == TenantUsage::default() {
+                self.0.remove(t);
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, tenant: &TenantId) -> TenantUsage {
+        self.0.get(tenant).copied().unwrap_or_default()
+    }
+}
+
 /// A server replica: where other replicas reach it, and until when its last
 /// heartbeat vouches for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +265,11 @@ pub trait StateStore: Send + Sync + 'static {
     async fn update_workspace(&self, id: &WorkspaceId, f: Update) -> Result<(WorkspaceRecord, Option<Event>)>;
     /// Forgets a record (its events stay).
     async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()>;
+    /// What `tenant` holds now. Stores that see every write keep an index;
+    /// the default looks at every record.
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        Ok(TenantUsage::scan(tenant, &self.list_workspaces().await?))
+    }
     /// Events with `seq > after`, oldest first, at most `limit`.
     async fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<()>;

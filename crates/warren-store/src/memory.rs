@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use warren_core::WorkspaceId;
+use warren_core::{TenantId, WorkspaceId};
 
-use crate::{ApiKeyRecord, Event, NewEvent, Result, StateStore, StoreError, Update, WorkspaceRecord};
+use crate::{ApiKeyRecord, Event, NewEvent, Result, StateStore, StoreError, TenantUsage, Update, WorkspaceRecord};
 
 #[derive(Default)]
 struct Inner {
@@ -15,6 +15,7 @@ struct Inner {
     keys: BTreeMap<String, ApiKeyRecord>,
     leases: BTreeMap<String, (String, std::time::Instant)>,
     nodes: BTreeMap<String, crate::NodeRecord>,
+    usage: crate::UsageIndex,
 }
 
 #[derive(Default)]
@@ -44,6 +45,7 @@ impl StateStore for MemoryStore {
             return Err(StoreError::AlreadyExists(format!("workspace {}", rec.id)));
         }
         g.workspaces.insert(rec.id.clone(), rec.clone());
+        g.usage.replace(None, Some(rec));
         Ok(push(&mut g.events, event))
     }
 
@@ -62,14 +64,21 @@ impl StateStore for MemoryStore {
         if rec.id != *id {
             return Err(StoreError::Rejected("an update may not change the id".into()));
         }
-        g.workspaces.insert(id.clone(), rec.clone());
+        let old = g.workspaces.insert(id.clone(), rec.clone());
+        g.usage.replace(old.as_ref(), Some(&rec));
         let ev = ev.map(|e| push(&mut g.events, e));
         Ok((rec, ev))
     }
 
     async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()> {
-        self.lock().workspaces.remove(id);
+        let mut g = self.lock();
+        let old = g.workspaces.remove(id);
+        g.usage.replace(old.as_ref(), None);
         Ok(())
+    }
+
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        Ok(self.lock().usage.get(tenant))
     }
 
     async fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>> {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use warren_core::WorkspaceId;
+use warren_core::{TenantId, WorkspaceId};
 
-use crate::{ApiKeyRecord, Event, NewEvent, Result, StateStore, StoreError, Update, WorkspaceRecord};
+use crate::{ApiKeyRecord, Event, NewEvent, Result, StateStore, StoreError, TenantUsage, Update, WorkspaceRecord};
 
 const WORKSPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("workspaces");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -26,7 +26,15 @@ pub struct RedbStore {
 #[derive(Default)]
 struct Cache {
     next: std::sync::atomic::AtomicU64,
-    map: std::sync::RwLock<std::collections::BTreeMap<WorkspaceId, (u64, Option<WorkspaceRecord>)>>,
+    map: std::sync::RwLock<Records>,
+}
+
+/// The decoded records and the per-tenant usage derived from them, changed
+/// together under one lock.
+#[derive(Default)]
+struct Records {
+    by_id: std::collections::BTreeMap<WorkspaceId, (u64, Option<WorkspaceRecord>)>,
+    usage: crate::UsageIndex,
 }
 
 impl Cache {
@@ -37,10 +45,14 @@ impl Cache {
 
     fn apply(&self, id: &WorkspaceId, version: u64, rec: Option<WorkspaceRecord>) {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
-        match m.get(id) {
+        let Records { by_id, usage } = &mut *m;
+        match by_id.get(id) {
             Some((v, _)) if *v > version => {}
             _ => {
-                m.insert(id.clone(), (version, rec));
+                usage.replace(None, rec.as_ref());
+                if let Some((_, Some(old))) = by_id.insert(id.clone(), (version, rec)) {
+                    usage.replace(Some(&old), None);
+                }
             }
         }
     }
@@ -82,10 +94,12 @@ impl RedbStore {
                 cache.insert(rec.id.clone(), rec);
             }
         }
-        let cache = Cache {
-            next: Default::default(),
-            map: std::sync::RwLock::new(cache.into_iter().map(|(k, v)| (k, (0, Some(v)))).collect()),
-        };
+        let mut records = Records::default();
+        for (id, rec) in cache {
+            records.usage.replace(None, Some(&rec));
+            records.by_id.insert(id, (0, Some(rec)));
+        }
+        let cache = Cache { next: Default::default(), map: std::sync::RwLock::new(records) };
         Ok(RedbStore { db: Arc::new(db), cache: Arc::new(cache) })
     }
 
@@ -128,12 +142,12 @@ impl StateStore for RedbStore {
 
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>> {
         let m = self.cache.map.read().unwrap_or_else(|p| p.into_inner());
-        Ok(m.get(id).and_then(|(_, r)| r.clone()))
+        Ok(m.by_id.get(id).and_then(|(_, r)| r.clone()))
     }
 
     async fn list_workspaces(&self) -> Result<Vec<WorkspaceRecord>> {
         let m = self.cache.map.read().unwrap_or_else(|p| p.into_inner());
-        Ok(m.values().filter_map(|(_, r)| r.clone()).collect())
+        Ok(m.by_id.values().filter_map(|(_, r)| r.clone()).collect())
     }
 
     async fn update_workspace(&self, id: &WorkspaceId, f: Update) -> Result<(WorkspaceRecord, Option<Event>)> {
@@ -182,6 +196,10 @@ impl StateStore for RedbStore {
             Ok(())
         })
         .await
+    }
+
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        Ok(self.cache.map.read().unwrap_or_else(|p| p.into_inner()).usage.get(tenant))
     }
 
     async fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
