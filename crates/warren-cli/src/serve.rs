@@ -21,10 +21,8 @@ pub struct Config {
     pub listen: String,
     /// Holds the state store, templates and workspaces (env WARREN_DATA_DIR).
     pub data_dir: PathBuf,
-    /// `local` (namespaces; needs root), `docker` (containers on a Docker
-    /// engine; see `[docker]`) or `process` (no isolation; for development)
-    /// (env WARREN_PROVIDER).
-    pub provider: String,
+    /// The backend (env WARREN_PROVIDER); see [`BackendKind`].
+    pub provider: BackendKind,
     /// Seconds a workspace lives unless told otherwise.
     pub default_timeout: u64,
     /// Longest timeout a client may ask for, seconds.
@@ -214,6 +212,41 @@ pub struct RoutingSection {
     pub routes: Vec<warren_provider::routing::Route>,
 }
 
+/// The backends a server can drive (`provider`, and the names `[routing]`
+/// uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Namespaces (or gVisor per template) on this host; needs root.
+    Local,
+    /// Containers on a Docker engine (`[docker]`).
+    Docker,
+    /// Sandboxes on an E2B-compatible API (`[e2b_backend]`).
+    E2b,
+    /// Tasks on AWS ECS (`[ecs]`; built with `--features ecs`).
+    Ecs,
+    /// Plain host processes, no isolation: development only.
+    Process,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Docker => "docker",
+            BackendKind::E2b => "e2b",
+            BackendKind::Ecs => "ecs",
+            BackendKind::Process => "process",
+        }
+    }
+
+    /// By name, as `[routing]` names backends.
+    fn parse(name: &str) -> Result<Self> {
+        <BackendKind as clap::ValueEnum>::from_str(name, false)
+            .map_err(|_| anyhow::anyhow!("backend {name:?}: expected local, docker, e2b, ecs or process"))
+    }
+}
+
 /// Settings of the Docker backend.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -251,7 +284,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7474".into(),
             data_dir: PathBuf::from("/var/lib/warren"),
-            provider: "local".into(),
+            provider: BackendKind::Local,
             default_timeout: 300,
             max_timeout: 86_400,
             idle_timeout: 0,
@@ -297,9 +330,12 @@ pub struct ServeArgs {
     /// Data directory. Env: WARREN_DATA_DIR.
     #[arg(long, env = "WARREN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Backend: local or process. Env: WARREN_PROVIDER.
-    #[arg(long, env = "WARREN_PROVIDER")]
-    pub provider: Option<String>,
+    /// Backend: local (namespaces or gVisor on this host; needs root),
+    /// docker (containers on a Docker engine), e2b (an E2B-compatible API),
+    /// ecs (AWS ECS tasks; built with --features ecs) or process (plain host
+    /// processes, no isolation: development only). Env: WARREN_PROVIDER.
+    #[arg(long, env = "WARREN_PROVIDER", value_enum)]
+    pub provider: Option<BackendKind>,
     /// A file holding the admin API key to use instead of a generated one.
     /// Env: WARREN_ADMIN_KEY_FILE (or WARREN_ADMIN_KEY with the key itself).
     #[arg(long, env = "WARREN_ADMIN_KEY_FILE")]
@@ -351,7 +387,7 @@ pub fn load_config(args: &ServeArgs) -> Result<Config> {
         cfg.data_dir = d.clone();
     }
     if let Some(p) = &args.provider {
-        cfg.provider = p.clone();
+        cfg.provider = *p;
     }
     if let Some(c) = std::env::var_os("WARREN_TLS_CERT") {
         cfg.tls_cert = Some(PathBuf::from(c));
@@ -373,15 +409,9 @@ fn validate(cfg: &Config) -> Result<()> {
     cfg.listen
         .parse::<std::net::SocketAddr>()
         .with_context(|| format!("listen = {:?}: expected an address like 127.0.0.1:7474", cfg.listen))?;
-    let backends = ["local", "process", "docker", "e2b", "ecs"];
-    if !backends.contains(&cfg.provider.as_str()) {
-        bail!("provider = {:?}: expected \"local\", \"docker\", \"e2b\", \"ecs\" or \"process\"", cfg.provider);
-    }
     if let Some(r) = &cfg.routing {
         for b in std::iter::once(&r.default).chain(r.overflow.iter()).chain(r.routes.iter().map(|x| &x.backend)) {
-            if !backends.contains(&b.as_str()) {
-                bail!("[routing]: backend {b:?}: expected local, docker, e2b, ecs or process");
-            }
+            BackendKind::parse(b).context("[routing]")?;
         }
     }
     if cfg.default_timeout == 0 || cfg.default_timeout > cfg.max_timeout {
@@ -434,7 +464,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 async fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
-    let Some(r) = &cfg.routing else { return backend(cfg, &cfg.provider).await };
+    let Some(r) = &cfg.routing else { return backend(cfg, cfg.provider).await };
     let mut names: Vec<&str> = vec![r.default.as_str()];
     names.extend(r.overflow.as_deref());
     names.extend(r.routes.iter().map(|x| x.backend.as_str()));
@@ -442,7 +472,7 @@ async fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
     names.dedup();
     let mut backends = Vec::new();
     for n in names {
-        backends.push((n.to_string(), backend(cfg, n).await?));
+        backends.push((n.to_string(), backend(cfg, BackendKind::parse(n)?).await?));
     }
     let router =
         warren_provider::routing::RoutingProvider::new(backends, r.routes.clone(), &r.default, r.overflow.as_deref())
@@ -450,27 +480,26 @@ async fn provider(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
     Ok(Arc::new(router))
 }
 
-/// One backend by name: local, docker, process or e2b.
-async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
-    if name == "ecs" {
-        return ecs_backend(cfg).await;
-    }
-    if name == "e2b" {
-        let e = &cfg.e2b_backend;
-        let url = e.api_url.clone().context("[e2b_backend] api_url is required for the e2b backend")?;
-        let key = e
-            .api_key
-            .clone()
-            .or_else(|| std::env::var("E2B_API_KEY").ok())
-            .context("[e2b_backend] api_key (or env E2B_API_KEY) is required for the e2b backend")?;
-        let mut c = warren_provider_e2b::E2bBackendConfig::new(url, key);
-        c.owner = e.owner.clone();
-        c.envd_addr = e.envd_addr.clone();
-        c.envd_domain = e.envd_domain.clone();
-        c.envd_via = e.envd_via.clone();
-        let p = warren_provider_e2b::E2bProvider::new(c).map_err(|e| anyhow::anyhow!("{e}"))?;
-        return Ok(Arc::new(p));
-    }
+/// The E2B backend (`[e2b_backend]`).
+fn e2b_backend(cfg: &Config) -> Result<Arc<dyn SandboxProvider>> {
+    let e = &cfg.e2b_backend;
+    let url = e.api_url.clone().context("[e2b_backend] api_url is required for the e2b backend")?;
+    let key = e
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("E2B_API_KEY").ok())
+        .context("[e2b_backend] api_key (or env E2B_API_KEY) is required for the e2b backend")?;
+    let mut c = warren_provider_e2b::E2bBackendConfig::new(url, key);
+    c.owner = e.owner.clone();
+    c.envd_addr = e.envd_addr.clone();
+    c.envd_domain = e.envd_domain.clone();
+    c.envd_via = e.envd_via.clone();
+    let p = warren_provider_e2b::E2bProvider::new(c).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Arc::new(p))
+}
+
+/// The agent binary a backend injects into workspaces.
+fn agent_for(cfg: &Config, kind: BackendKind) -> Result<PathBuf> {
     let agent = match (&cfg.agent, std::env::var_os("WARREN_AGENT_BIN")) {
         (Some(a), _) => a.clone(),
         (None, Some(a)) => PathBuf::from(a),
@@ -483,7 +512,7 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
             let static_agent = exe.parent().and_then(|d| d.parent()).map(|t| t.join("agent-static/warren-agent"));
             let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
             match static_agent.filter(|p| p.is_file()) {
-                Some(st) if cfg.provider == "docker" || mtime(&plain).is_none() || mtime(&st) >= mtime(&plain) => st,
+                Some(st) if kind == BackendKind::Docker || mtime(&plain).is_none() || mtime(&st) >= mtime(&plain) => st,
                 _ => plain,
             }
         }
@@ -494,8 +523,16 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
             agent.display()
         );
     }
-    Ok(match name {
-        "process" => {
+    Ok(agent)
+}
+
+/// One backend.
+async fn backend(cfg: &Config, kind: BackendKind) -> Result<Arc<dyn SandboxProvider>> {
+    Ok(match kind {
+        BackendKind::Ecs => return ecs_backend(cfg).await,
+        BackendKind::E2b => return e2b_backend(cfg),
+        BackendKind::Process => {
+            let agent = agent_for(cfg, kind)?;
             // The test backend; WARREN_PROCESS_CREATE_DELAY_MS slows its
             // creates so tests can kill a server mid-create.
             let delay = std::env::var("WARREN_PROCESS_CREATE_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -504,7 +541,8 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
                     .with_create_delay(Duration::from_millis(delay)),
             )
         }
-        "docker" => {
+        BackendKind::Docker => {
+            let agent = agent_for(cfg, kind)?;
             let agent = std::fs::canonicalize(&agent).with_context(|| format!("agent {}", agent.display()))?;
             if is_dynamic_elf(&agent) {
                 bail!(
@@ -532,7 +570,8 @@ async fn backend(cfg: &Config, name: &str) -> Result<Arc<dyn SandboxProvider>> {
             }
             Arc::new(docker)
         }
-        _ => {
+        BackendKind::Local => {
+            let agent = agent_for(cfg, kind)?;
             let helper = match &cfg.sandbox_helper {
                 Some(h) => h.clone(),
                 None => sibling("warren-sandbox")?,
@@ -685,6 +724,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     };
     let provider = provider(&cfg).await?;
+    tracing::info!(provider = cfg.provider.name(), routed = cfg.routing.is_some(), "backend ready");
     let orch = Arc::new(Orchestrator::new(
         provider,
         store.clone(),

@@ -278,16 +278,25 @@ fn kill_9_and_restart_lose_nothing() {
 #[test]
 fn bad_configuration_is_refused_clearly() {
     let data = tempfile::tempdir().unwrap();
-    for (args, needle) in [
-        (vec!["serve", "--listen", "nonsense"], "expected an address"),
+    let bad_provider = data.path().join("bad-provider.toml");
+    std::fs::write(&bad_provider, "provider = \"kubernetes\"\n").unwrap();
+    let bad_route = data.path().join("bad-route.toml");
+    std::fs::write(&bad_route, "[routing]\ndefault = \"local\"\noverflow = \"nomad\"\n").unwrap();
+    let (bad_provider, bad_route) = (bad_provider.to_str().unwrap(), bad_route.to_str().unwrap());
+    for (args, code, needle) in [
+        (vec!["serve", "--listen", "nonsense"], 1, "expected an address"),
+        // A flag value clap knows is wrong is bad usage (2), naming them all.
         (
             vec!["serve", "--listen", "127.0.0.1:0", "--provider", "kubernetes"],
-            "expected \"local\", \"docker\", \"e2b\", \"ecs\" or \"process\"",
+            2,
+            "possible values: local, docker, e2b, ecs, process",
         ),
-        (vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", "relative/dir"], "absolute"),
+        (vec!["serve", "--config", bad_provider], 1, "expected one of `local`, `docker`, `e2b`, `ecs`, `process`"),
+        (vec!["serve", "--config", bad_route], 1, "backend \"nomad\": expected local, docker, e2b, ecs or process"),
+        (vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", "relative/dir"], 1, "absolute"),
     ] {
         let o = Command::new(bin()).args(&args).env("WARREN_DATA_DIR", data.path()).output().unwrap();
-        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
         assert!(
             String::from_utf8_lossy(&o.stderr).contains(needle),
             "{args:?}: {}",
