@@ -11,13 +11,28 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use warren_api::{CreateWorkspace, CreatedKey, ErrorCode, KeyView, NewKey, SetTimeout, TemplateView, WorkspaceView};
+
 use crate::Conn;
 
-/// An API error with its status, for exit codes.
+/// An API error: its status and the server's error body, for messages and
+/// exit codes.
 #[derive(Debug)]
 pub struct ApiFailure {
     pub status: u16,
+    pub code: ErrorCode,
     pub message: String,
+}
+
+impl ApiFailure {
+    /// From a reply's status and body: warren's `{code, message}`, or any
+    /// other body (a proxy's page) as the message.
+    fn of(status: u16, body: &str) -> Self {
+        match serde_json::from_str::<warren_api::ErrorBody>(body) {
+            Ok(b) => ApiFailure { status, code: b.code, message: b.message },
+            Err(_) => ApiFailure { status, code: ErrorCode::from_status(status), message: body.trim().to_string() },
+        }
+    }
 }
 
 impl std::fmt::Display for ApiFailure {
@@ -29,9 +44,9 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<ApiFailure>().map(|f| f.status) {
-        Some(404) => 3,
-        Some(401) | Some(403) => 4,
+    match e.downcast_ref::<ApiFailure>().map(|f| f.code) {
+        Some(ErrorCode::NotFound) => 3,
+        Some(ErrorCode::Unauthorized | ErrorCode::Forbidden) => 4,
         _ => 1,
     }
 }
@@ -162,11 +177,7 @@ impl Client {
         }
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(String::from))
-            .unwrap_or(text);
-        Err(ApiFailure { status, message }.into())
+        Err(ApiFailure::of(status, &text).into())
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -179,30 +190,39 @@ impl Client {
     }
 
     pub async fn create(&self, a: CreateArgs) -> Result<u8> {
-        let mut body = json!({"template": a.template, "env": kv(&a.env, "--env")?, "metadata": kv(&a.meta, "--meta")?});
-        if let Some(t) = a.timeout {
-            body["timeout"] = json!(t);
-        }
-        if let Some(n) = &a.network {
-            body["network"] = json!(n);
-        }
+        let mut body = CreateWorkspace {
+            template: Some(a.template),
+            timeout: a.timeout,
+            env: kv(&a.env, "--env")?,
+            metadata: kv(&a.meta, "--meta")?,
+            network: match a.network.as_deref() {
+                None => None,
+                Some("none") => Some(warren_api::Network::None),
+                Some("bridge") => Some(warren_api::Network::Bridge),
+                Some(other) => bail!("--network {other:?}: none or bridge"),
+            },
+            size: None,
+        };
         if a.cpus.is_some() || a.memory.is_some() || a.disk.is_some() {
             let d = warren_core::Size::default();
-            let cpus = a.cpus.map(|c| (c * 1000.0).round() as u32).unwrap_or(d.millicpus);
-            body["size"] = json!({"millicpus": cpus, "memoryMib": a.memory.unwrap_or(d.memory_mib),
-                                  "diskMib": a.disk.unwrap_or(d.disk_mib), "pids": d.pids});
+            body.size = Some(warren_core::Size {
+                millicpus: a.cpus.map(|c| (c * 1000.0).round() as u32).unwrap_or(d.millicpus),
+                memory_mib: a.memory.unwrap_or(d.memory_mib),
+                disk_mib: a.disk.unwrap_or(d.disk_mib),
+                pids: d.pids,
+            });
         }
-        let ws: Value = self.send(self.http.post(self.url("/v1/workspaces")).json(&body)).await?.json().await?;
+        let ws: WorkspaceView = self.send(self.http.post(self.url("/v1/workspaces")).json(&body)).await?.json().await?;
         if self.conn.json {
             Self::print_json(&ws)?;
         } else {
-            println!("{}", ws["id"].as_str().unwrap_or_default());
+            println!("{}", ws.id);
         }
         Ok(0)
     }
 
     pub async fn ls(&self) -> Result<u8> {
-        let all: Vec<Value> = self.get("/v1/workspaces").await?;
+        let all: Vec<WorkspaceView> = self.get("/v1/workspaces").await?;
         if self.conn.json {
             Self::print_json(&all)?;
             return Ok(0);
@@ -210,15 +230,14 @@ impl Client {
         let rows: Vec<Vec<String>> = all
             .iter()
             .map(|w| {
-                let s = &w["size"];
                 vec![
-                    w["id"].as_str().unwrap_or("").into(),
-                    w["template"].as_str().unwrap_or("").into(),
-                    w["state"].as_str().unwrap_or("").into(),
-                    format!("{}", s["millicpus"].as_u64().unwrap_or(0) as f64 / 1000.0),
-                    format!("{}", s["memoryMib"].as_u64().unwrap_or(0)),
-                    w["createdAt"].as_str().unwrap_or("").into(),
-                    w["expiresAt"].as_str().unwrap_or("").into(),
+                    w.id.clone(),
+                    w.template.clone(),
+                    w.state.clone(),
+                    format!("{}", f64::from(w.size.millicpus) / 1000.0),
+                    w.size.memory_mib.to_string(),
+                    w.created_at.clone(),
+                    w.expires_at.clone(),
                 ]
             })
             .collect();
@@ -227,18 +246,27 @@ impl Client {
     }
 
     pub async fn info(&self, id: &str) -> Result<u8> {
-        let w: Value = self.get(&format!("/v1/workspaces/{id}")).await?;
+        let w: WorkspaceView = self.get(&format!("/v1/workspaces/{id}")).await?;
         if self.conn.json {
             Self::print_json(&w)?;
         } else {
-            for k in ["id", "tenant", "template", "state", "provider", "createdAt", "expiresAt", "error"] {
-                if let Some(v) = w.get(k).filter(|v| !v.is_null()) {
-                    println!("{k:<10} {}", v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+            for (k, v) in [
+                ("id", Some(&w.id)),
+                ("tenant", Some(&w.tenant)),
+                ("template", Some(&w.template)),
+                ("state", Some(&w.state)),
+                ("provider", Some(&w.provider)),
+                ("createdAt", Some(&w.created_at)),
+                ("expiresAt", Some(&w.expires_at)),
+                ("error", w.error.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    println!("{k:<10} {v}");
                 }
             }
-            println!("{:<10} {}", "size", w["size"]);
-            if w["metadata"].as_object().is_some_and(|m| !m.is_empty()) {
-                println!("{:<10} {}", "metadata", w["metadata"]);
+            println!("{:<10} {}", "size", serde_json::to_string(&w.size)?);
+            if !w.metadata.is_empty() {
+                println!("{:<10} {}", "metadata", serde_json::to_string(&w.metadata)?);
             }
         }
         Ok(0)
@@ -259,33 +287,31 @@ impl Client {
     }
 
     pub async fn timeout(&self, id: &str, seconds: u64) -> Result<u8> {
-        let w: Value = self
-            .send(self.http.post(self.url(&format!("/v1/workspaces/{id}/timeout"))).json(&json!({"timeout": seconds})))
+        let w: WorkspaceView = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/v1/workspaces/{id}/timeout")))
+                    .json(&SetTimeout { timeout: seconds }),
+            )
             .await?
             .json()
             .await?;
         if self.conn.json {
             Self::print_json(&w)?;
         } else {
-            println!("{id} expires at {}", w["expiresAt"].as_str().unwrap_or("?"));
+            println!("{id} expires at {}", w.expires_at);
         }
         Ok(0)
     }
 
     pub async fn templates(&self) -> Result<u8> {
-        let all: Vec<Value> = self.get("/v1/templates").await?;
+        let all: Vec<TemplateView> = self.get("/v1/templates").await?;
         if self.conn.json {
             Self::print_json(&all)?;
         } else {
             let rows: Vec<Vec<String>> = all
                 .iter()
-                .map(|t| {
-                    vec![
-                        t["name"].as_str().unwrap_or("").into(),
-                        t["isolation"].as_str().unwrap_or("-").into(),
-                        t["description"].as_str().unwrap_or("").into(),
-                    ]
-                })
+                .map(|t| vec![t.name.clone(), t.isolation.clone().unwrap_or_else(|| "-".into()), t.description.clone()])
                 .collect();
             table(&["NAME", "ISOLATION", "DESCRIPTION"], &rows);
         }
@@ -295,7 +321,7 @@ impl Client {
     pub async fn keys(&self, action: Option<KeyCmd>) -> Result<u8> {
         match action {
             None => {
-                let all: Vec<Value> = self.get("/v1/keys").await?;
+                let all: Vec<KeyView> = self.get("/v1/keys").await?;
                 if self.conn.json {
                     Self::print_json(&all)?;
                     return Ok(0);
@@ -304,28 +330,25 @@ impl Client {
                     .iter()
                     .map(|k| {
                         vec![
-                            k["prefix"].as_str().unwrap_or("").into(),
-                            k["tenant"].as_str().unwrap_or("").into(),
-                            k["name"].as_str().unwrap_or("").into(),
-                            k["admin"].to_string(),
-                            if k["revoked"].as_bool() == Some(true) { "revoked".into() } else { "active".into() },
-                            k["createdAt"].as_str().unwrap_or("").into(),
+                            k.prefix.clone(),
+                            k.tenant.clone(),
+                            k.name.clone(),
+                            k.admin.to_string(),
+                            if k.revoked { "revoked".into() } else { "active".into() },
+                            k.created_at.clone(),
                         ]
                     })
                     .collect();
                 table(&["PREFIX", "TENANT", "NAME", "ADMIN", "STATUS", "CREATED"], &rows);
             }
             Some(KeyCmd::Create { tenant, name, admin }) => {
-                let body = json!({"tenant": tenant, "name": name, "admin": admin});
-                let k: Value = self.send(self.http.post(self.url("/v1/keys")).json(&body)).await?.json().await?;
+                let body = NewKey { tenant, name, admin };
+                let k: CreatedKey = self.send(self.http.post(self.url("/v1/keys")).json(&body)).await?.json().await?;
                 if self.conn.json {
                     Self::print_json(&k)?;
                 } else {
-                    eprintln!(
-                        "warren: key for tenant {} (shown once; store it now)",
-                        k["tenant"].as_str().unwrap_or("")
-                    );
-                    println!("{}", k["key"].as_str().unwrap_or(""));
+                    eprintln!("warren: key for tenant {} (shown once; store it now)", k.view.tenant);
+                    println!("{}", k.key);
                 }
             }
             Some(KeyCmd::Revoke { prefix }) => {
@@ -590,10 +613,15 @@ impl Client {
                         code =
                             Some(remote_code(ev["exitCode"].as_i64().unwrap_or(1), ev["status"].as_str().unwrap_or("")))
                     }
-                    Some("error") => bail!(ApiFailure {
-                        status: ev["code"].as_u64().unwrap_or(500) as u16,
-                        message: ev["message"].as_str().unwrap_or("").to_string()
-                    }),
+                    Some("error") => {
+                        let code: ErrorCode =
+                            serde_json::from_value(ev["code"].clone()).unwrap_or(ErrorCode::BadGateway);
+                        bail!(ApiFailure {
+                            status: code.status(),
+                            code,
+                            message: ev["message"].as_str().unwrap_or("").to_string()
+                        })
+                    }
                     _ => {}
                 }
             }
@@ -617,11 +645,7 @@ impl Client {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-                let message = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v["message"].as_str().map(String::from))
-                    .unwrap_or(body);
-                bail!(ApiFailure { status, message });
+                bail!(ApiFailure::of(status, &body));
             }
             Err(e) => return Err(e).context("opening the terminal"),
         };

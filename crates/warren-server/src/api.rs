@@ -1,6 +1,5 @@
 //! Native API handlers: workspaces, templates, files, health.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -11,7 +10,7 @@ use axum::Json;
 use futures_util::TryStreamExt;
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
-use warren_core::{Size, WorkspaceId};
+use warren_core::WorkspaceId;
 use warren_orchestrator::CreateRequest;
 use warren_proto::json::Millis;
 use warren_store::WorkspaceRecord;
@@ -20,22 +19,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
-/// A workspace as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkspaceView {
-    pub id: String,
-    pub tenant: String,
-    pub template: String,
-    pub state: String,
-    pub provider: String,
-    pub size: Size,
-    pub created_at: String,
-    pub expires_at: String,
-    pub metadata: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+pub use warren_api::{CreateWorkspace, KeyView, NewKey, SetTimeout, WorkspaceView};
 
 /// RFC 3339 with millisecond precision.
 pub fn time(ms: u64) -> String {
@@ -75,8 +59,9 @@ impl<T: std::fmt::Display> Serialize for DisplayStr<T> {
     }
 }
 
-impl From<&WorkspaceRecord> for WorkspaceView {
-    fn from(r: &WorkspaceRecord) -> Self {
+/// A record as the API shows it.
+pub fn view(r: &WorkspaceRecord) -> WorkspaceView {
+    {
         WorkspaceView {
             id: r.id.to_string(),
             tenant: r.tenant().map(|t| t.to_string()).unwrap_or_default(),
@@ -102,27 +87,8 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateBody {
-    #[serde(default)]
-    pub template: Option<String>,
-    #[serde(default)]
-    pub size: Option<Size>,
-    /// Seconds.
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-    /// `none` (loopback only) or `bridge` (own address, NAT egress).
-    #[serde(default)]
-    pub network: Option<warren_provider::NetworkMode>,
-}
-
 pub async fn create(State(s): State<AppState>, caller: Caller, body: axum::body::Bytes) -> ApiResult<Response> {
-    let b: CreateBody = json_body(&body)?;
+    let b: CreateWorkspace = json_body(&body)?;
     let started = std::time::Instant::now();
     let rec = s
         .orch
@@ -133,12 +99,15 @@ pub async fn create(State(s): State<AppState>, caller: Caller, body: axum::body:
             timeout: b.timeout.map(Duration::from_secs),
             env: b.env,
             metadata: b.metadata,
-            network: b.network,
+            network: b.network.map(|n| match n {
+                warren_api::Network::None => warren_provider::NetworkMode::None,
+                warren_api::Network::Bridge => warren_provider::NetworkMode::Bridge,
+            }),
         })
         .await;
     s.metrics.observe_create(started.elapsed(), rec.is_ok());
     let rec = rec?;
-    Ok((StatusCode::CREATED, Json(WorkspaceView::from(&rec))).into_response())
+    Ok((StatusCode::CREATED, Json(view(&rec))).into_response())
 }
 
 /// Default and largest page of `GET /v1/workspaces`.
@@ -209,19 +178,12 @@ pub async fn list(State(s): State<AppState>, caller: Caller, Query(q): Query<Lis
 
 pub async fn info(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<WorkspaceView>> {
     let rec = s.orch.get(caller.scope(), &parse_id(&id)?).await?;
-    Ok(Json(WorkspaceView::from(&rec)))
+    Ok(Json(view(&rec)))
 }
 
 pub async fn kill(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     s.orch.kill(caller.scope(), &parse_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimeoutBody {
-    /// Seconds from now.
-    pub timeout: u64,
 }
 
 pub async fn timeout(
@@ -230,9 +192,9 @@ pub async fn timeout(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<WorkspaceView>> {
-    let b: TimeoutBody = json_body(&body)?;
+    let b: SetTimeout = json_body(&body)?;
     let rec = s.orch.set_timeout(caller.scope(), &parse_id(&id)?, Duration::from_secs(b.timeout)).await?;
-    Ok(Json(WorkspaceView::from(&rec)))
+    Ok(Json(view(&rec)))
 }
 
 pub async fn pause(
@@ -241,7 +203,7 @@ pub async fn pause(
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkspaceView>> {
     let rec = s.orch.pause(caller.scope(), &parse_id(&id)?).await?;
-    Ok(Json(WorkspaceView::from(&rec)))
+    Ok(Json(view(&rec)))
 }
 
 pub async fn resume(
@@ -250,7 +212,7 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkspaceView>> {
     let rec = s.orch.resume(caller.scope(), &parse_id(&id)?).await?;
-    Ok(Json(WorkspaceView::from(&rec)))
+    Ok(Json(view(&rec)))
 }
 
 pub async fn stats(
@@ -354,28 +316,6 @@ pub async fn import_template(
     Ok((StatusCode::CREATED, Json(result?)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NewKey {
-    pub tenant: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub admin: bool,
-}
-
-/// A key as listed: never the secret, only its public prefix.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KeyView {
-    pub prefix: String,
-    pub tenant: String,
-    pub name: String,
-    pub admin: bool,
-    pub created_at: String,
-    pub revoked: bool,
-}
-
 fn key_view(k: &warren_store::ApiKeyRecord) -> KeyView {
     KeyView {
         prefix: k.prefix.clone(),
@@ -403,9 +343,7 @@ pub async fn create_key(State(s): State<AppState>, caller: Caller, body: axum::b
     let key = crate::auth::new_key();
     let rec = crate::auth::record(&key, &tenant, &b.name, b.admin, s.orch.now_ms());
     s.orch.put_api_key(&rec).await?;
-    let mut v = serde_json::to_value(key_view(&rec)).map_err(|e| ApiError::internal(e.to_string()))?;
-    v["key"] = serde_json::Value::String(key);
-    Ok((StatusCode::CREATED, Json(v)).into_response())
+    Ok((StatusCode::CREATED, Json(warren_api::CreatedKey { view: key_view(&rec), key })).into_response())
 }
 
 /// `GET /v1/keys` (admin).

@@ -1,24 +1,37 @@
-//! API errors: an HTTP status and a JSON body `{code: int, message}`.
+//! API errors: an HTTP status and one JSON body. On warren's own API
+//! (`/v1/…`) it is [`warren_api::ErrorBody`], `{code: "not_found", message}`
+//! with a stable string code; on the E2B-compatible API it is E2B's
+//! `{code: 404, message}` (see [`e2b_shape`]).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use warren_api::{ErrorBody, ErrorCode};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
+    pub code: ErrorCode,
     pub message: String,
 }
 
+/// E2B's error body.
 #[derive(Serialize)]
-struct Body<'a> {
+struct E2bBody<'a> {
     code: u16,
     message: &'a str,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError { status, code: ErrorCode::from_status(status.as_u16()), message: message.into() }
+    }
+
+    /// An error with its code (the status follows from it).
+    pub fn coded(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, code, message: message.into() }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, m)
@@ -38,27 +51,49 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// warren's shape; the body is also kept as a response extension, so
+    /// the E2B routes can re-render it in E2B's ([`e2b_shape`]).
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Body { code: self.status.as_u16(), message: &self.message })
-            .unwrap_or_else(|_| b"{\"code\":500,\"message\":\"error\"}".to_vec());
-        (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        let body = ErrorBody { code: self.code, message: self.message };
+        let bytes =
+            serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"code\":\"internal\",\"message\":\"error\"}".to_vec());
+        let mut resp = (self.status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response();
+        resp.extensions_mut().insert(body);
+        resp
     }
+}
+
+/// Whether a request path is answered in E2B's shapes (everything that is
+/// not warren's own `/v1` API).
+pub fn is_e2b_path(path: &str) -> bool {
+    !(path.starts_with("/v1/") || path == "/v1" || path == "/metrics")
+}
+
+/// Re-renders an error response made by [`ApiError`] in E2B's shape
+/// `{code: <status>, message}`; other responses pass unchanged.
+pub fn e2b_shape(resp: Response) -> Response {
+    let Some(body) = resp.extensions().get::<ErrorBody>().cloned() else { return resp };
+    let (mut parts, _) = resp.into_parts();
+    let bytes = serde_json::to_vec(&E2bBody { code: parts.status.as_u16(), message: &body.message })
+        .unwrap_or_else(|_| b"{\"code\":500,\"message\":\"error\"}".to_vec());
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 impl From<warren_orchestrator::Error> for ApiError {
     fn from(e: warren_orchestrator::Error) -> Self {
         use warren_orchestrator::Error as E;
-        let status = match &e {
-            E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            E::Conflict(_) => StatusCode::CONFLICT,
-            E::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-            E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            E::Capacity(_) => StatusCode::SERVICE_UNAVAILABLE,
-            E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            E::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        let code = match &e {
+            E::NotFound(_) => ErrorCode::NotFound,
+            E::InvalidArgument(_) => ErrorCode::BadRequest,
+            E::Conflict(_) => ErrorCode::Conflict,
+            E::Unsupported(_) => ErrorCode::NotImplemented,
+            E::Unavailable(_) => ErrorCode::Unavailable,
+            E::Capacity(_) => ErrorCode::Capacity,
+            E::Internal(_) => ErrorCode::Internal,
+            E::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
         };
-        ApiError::new(status, e.to_string())
+        ApiError::coded(code, e.to_string())
     }
 }
 

@@ -64,8 +64,9 @@ pub enum ExecEvent {
         exit_code: i32,
         status: String,
     },
+    /// The same `{code, message}` as every `/v1` error body.
     Error {
-        code: u16,
+        code: warren_api::ErrorCode,
         message: String,
     },
 }
@@ -138,7 +139,7 @@ pub async fn exec(
                 Ok(ProcessEvent::Keepalive(_)) => continue,
                 Err(e) => {
                     let api: ApiError = e.into();
-                    ExecEvent::Error { code: api.status.as_u16(), message: api.message }
+                    ExecEvent::Error { code: api.code, message: api.message }
                 }
             };
             if tx.send(Ok(line(&out))).await.is_err() {

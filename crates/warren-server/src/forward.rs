@@ -10,11 +10,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
 use warren_core::WorkspaceId;
 
 use crate::AppState;
@@ -51,8 +49,14 @@ fn workspace_of(s: &AppState, req: &Request) -> Option<String> {
     crate::e2b::route(req.headers(), path, host, &s.e2b).map(|(id, _)| id)
 }
 
-fn unavailable(message: String) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"code": 503, "message": message}))).into_response()
+/// A 503 in the shape of the API the request was for.
+fn unavailable(path: &str, message: String) -> Response {
+    let resp = crate::error::ApiError::coded(warren_api::ErrorCode::Unavailable, message).into_response();
+    if crate::error::is_e2b_path(path) {
+        crate::error::e2b_shape(resp)
+    } else {
+        resp
+    }
 }
 
 /// Middleware: relays requests about another replica's workspaces.
@@ -64,6 +68,7 @@ pub async fn forward(State(s): State<AppState>, req: Request, next: Next) -> Res
     let Some(id) = workspace_of(&s, &req).and_then(|id| id.parse::<WorkspaceId>().ok()) else {
         return next.run(req).await;
     };
+    let path = req.uri().path().to_string();
     let owner = match s.orch.owner_node(&id).await {
         Ok(Some(node)) if !node.is_empty() && node != me => node,
         // Ours, unknown (the handler answers 404), or the store is down
@@ -75,16 +80,17 @@ pub async fn forward(State(s): State<AppState>, req: Request, next: Next) -> Res
         // Its replica is gone: a kill can still be recorded here (the
         // replica's reconcile releases the rest when it returns).
         Ok(None) if req.method() == axum::http::Method::DELETE => next.run(req).await,
-        Ok(None) => unavailable(format!("workspace {id} lives on replica {owner}, which is not answering")),
-        Err(e) => unavailable(format!("looking up replica {owner}: {e}")),
+        Ok(None) => unavailable(&path, format!("workspace {id} lives on replica {owner}, which is not answering")),
+        Err(e) => unavailable(&path, format!("looking up replica {owner}: {e}")),
     }
 }
 
 async fn relay(s: &AppState, base: &str, me: &str, mut req: Request) -> Response {
+    let path = req.uri().path().to_string();
     let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let uri = match format!("{}{pq}", base.trim_end_matches('/')).parse::<axum::http::Uri>() {
         Ok(u) => u,
-        Err(e) => return unavailable(format!("replica address {base:?}: {e}")),
+        Err(e) => return unavailable(&path, format!("replica address {base:?}: {e}")),
     };
     let wants_upgrade = req.headers().contains_key(axum::http::header::UPGRADE);
     let client_side = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -103,7 +109,7 @@ async fn relay(s: &AppState, base: &str, me: &str, mut req: Request) -> Response
                 msg.push_str(&format!(": {c}"));
                 src = c.source();
             }
-            return unavailable(format!("relaying to {base}: {msg}"));
+            return unavailable(&path, format!("relaying to {base}: {msg}"));
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

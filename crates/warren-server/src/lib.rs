@@ -163,7 +163,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Turns every error reply that is not JSON yet (axum's own rejections: body
-/// too large, bad path, missing upgrade…) into `{code, message}`.
+/// too large, bad path, missing upgrade…) into the error body, and gives
+/// the E2B routes E2B's shape of it.
 async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     let has_body = req.headers().contains_key(axum::http::header::TRANSFER_ENCODING)
@@ -172,6 +173,7 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v != "0");
+    let e2b = error::is_e2b_path(req.uri().path());
     let mut resp = next.run(req).await;
     let status = resp.status();
     if has_body && (status.is_client_error() || status.is_server_error()) {
@@ -186,8 +188,11 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    if !(status.is_client_error() || status.is_server_error()) {
         return resp;
+    }
+    if is_json {
+        return if e2b { error::e2b_shape(resp) } else { resp };
     }
     let close = resp.headers().get(axum::http::header::CONNECTION).cloned();
     let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
@@ -197,7 +202,11 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     if let Some(c) = close {
         out.headers_mut().insert(axum::http::header::CONNECTION, c);
     }
-    out
+    if e2b {
+        error::e2b_shape(out)
+    } else {
+        out
+    }
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.

@@ -47,8 +47,9 @@ pub const ROUTES: &[(&str, &str, &str, u16)] = &[
 ];
 
 fn error_schema() -> Value {
+    let codes: Vec<Value> = warren_api::ErrorCode::ALL.iter().filter_map(|c| serde_json::to_value(c).ok()).collect();
     json!({"type": "object", "required": ["code", "message"],
-           "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}})
+           "properties": {"code": {"type": "string", "enum": codes}, "message": {"type": "string"}}})
 }
 
 pub fn build() -> Value {
@@ -80,7 +81,7 @@ pub fn build() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {"title": "warren", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Native API of warren. Errors are JSON {code, message} with code = HTTP status."},
+                 "description": "Native API of warren. Errors are JSON {code, message} with a stable string code (not_found, quota_exceeded, …); the E2B-compatible routes answer E2B's {code: <HTTP status>, message}."},
         "paths": paths,
         "components": {
             "securitySchemes": {

@@ -224,7 +224,7 @@ async fn quotas_answer_429_and_e2b_sdks_do_not_retry() {
     let r = http.post(format!("{base}/v1/workspaces")).header("x-api-key", KEY).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status(), 429);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["code"], 429);
+    assert_eq!(v["code"], "quota_exceeded", "warren's own API: a string code");
     assert!(v["message"].as_str().unwrap().contains("quota"), "{v}");
     let r = http
         .post(format!("{base}/v2/sandboxes"))

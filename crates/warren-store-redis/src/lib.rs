@@ -8,7 +8,11 @@
 //!   record across replicas (the update closure runs exactly once, under it);
 //! - `seq`: the event counter; `events`: a sorted set scored by sequence,
 //!   each member the zero-padded sequence followed by the event's JSON;
-//! - `keys`: a hash of API-key records by key hash.
+//! - `keys`: a hash of API-key records by key hash;
+//! - `usage`: per-tenant sums of live workspaces (`<tenant>:n`, `:mcpu`,
+//!   `:mem`), changed by the same scripts that write records, from the
+//!   records' own JSON; `usage-built` marks that it was built once from every
+//!   record (by the first replica that needs it).
 //!
 //! Every write of a record and its event happens in one Lua script, so the
 //! log never misses or duplicates a change and sequence numbers have no gaps.
@@ -21,9 +25,9 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 use tokio::sync::OnceCell;
-use warren_core::WorkspaceId;
+use warren_core::{TenantId, WorkspaceId};
 use warren_store::{
-    ApiKeyRecord, Event, NewEvent, NodeRecord, Result, StateStore, StoreError, Update, WorkspaceRecord,
+    ApiKeyRecord, Event, NewEvent, NodeRecord, Result, StateStore, StoreError, TenantUsage, Update, WorkspaceRecord,
 };
 
 /// How long one update may hold a record's lease.
@@ -31,10 +35,28 @@ const LEASE: Duration = Duration::from_secs(5);
 /// Limit on any one Redis round trip.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Adds (sign 1) or takes away (-1) what a record's JSON holds from the
+/// per-tenant sums: only a tenant's live workspaces count.
+const CONTRIB: &str = r"
+local function contrib(json, sign, usage)
+  if not json then return end
+  local r = cjson.decode(json)
+  local o = r['owner']
+  if type(o) ~= 'table' or o['kind'] ~= 'tenant' then return end
+  local s = r['state']
+  if s ~= 'creating' and s ~= 'running' and s ~= 'paused' and s ~= 'stopping' then return end
+  local t = o['tenant']
+  redis.call('HINCRBY', usage, t .. ':n', sign)
+  redis.call('HINCRBY', usage, t .. ':mcpu', sign * r['size']['millicpus'])
+  redis.call('HINCRBY', usage, t .. ':mem', sign * r['size']['memoryMib'])
+end
+";
+
 const INSERT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local seq = redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[1], ARGV[2])
+contrib(ARGV[2], 1, KEYS[5])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[4], seq, string.format('%020d', seq) .. ARGV[3])
 return seq
@@ -44,12 +66,34 @@ return seq
 /// record's lease and the record still exists.
 const UPDATE: &str = r"
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -1 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+local old = redis.call('GET', KEYS[1])
+if not old then return -2 end
+contrib(old, -1, KEYS[5])
+contrib(ARGV[2], 1, KEYS[5])
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[3] == '' then return 0 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[3], seq, string.format('%020d', seq) .. ARGV[3])
 return seq
+";
+
+/// Forgets a record and what it held.
+const DELETE: &str = r"
+contrib(redis.call('GET', KEYS[1]), -1, KEYS[3])
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 0
+";
+
+/// Builds the per-tenant sums from every record, once per database.
+const BUILD_USAGE: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  contrib(redis.call('GET', ARGV[1] .. id), 1, KEYS[2])
+end
+redis.call('SET', KEYS[3], '1')
+return 1
 ";
 
 /// Takes a named lease if free or ours (renewing it); 1 when held after.
@@ -72,8 +116,12 @@ pub struct RedisStore {
     prefix: String,
     insert: Script,
     update: Script,
+    delete: Script,
+    build_usage: Script,
     unlock: Script,
     lease: Script,
+    /// Whether this process saw `usage-built` set (the sums exist).
+    usage_ready: std::sync::atomic::AtomicBool,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -94,10 +142,13 @@ impl RedisStore {
             client,
             conn: OnceCell::new(),
             prefix: prefix.unwrap_or("{warren}:").to_string(),
-            insert: Script::new(INSERT),
-            update: Script::new(UPDATE),
+            insert: Script::new(&format!("{CONTRIB}{INSERT}")),
+            update: Script::new(&format!("{CONTRIB}{UPDATE}")),
+            delete: Script::new(&format!("{CONTRIB}{DELETE}")),
+            build_usage: Script::new(&format!("{CONTRIB}{BUILD_USAGE}")),
             unlock: Script::new(UNLOCK),
             lease: Script::new(LEASE_SCRIPT),
+            usage_ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -184,6 +235,7 @@ impl StateStore for RedisStore {
                     .key(self.key("ws-index"))
                     .key(self.key("seq"))
                     .key(self.key("events"))
+                    .key(self.key("usage"))
                     .arg(rec.id.as_str())
                     .arg(json)
                     .arg(ev)
@@ -243,6 +295,7 @@ impl StateStore for RedisStore {
                         .key(self.key("seq"))
                         .key(self.key("events"))
                         .key(&lock_key)
+                        .key(self.key("usage"))
                         .arg(&token)
                         .arg(json)
                         .arg(ev)
@@ -263,18 +316,39 @@ impl StateStore for RedisStore {
 
     async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()> {
         let mut c = self.conn().await?;
-        let _: () = self
+        let _: i64 = self
             .timed(
-                redis::pipe()
-                    .atomic()
-                    .del(self.ws_key(id))
-                    .ignore()
-                    .srem(self.key("ws-index"), id.as_str())
-                    .ignore()
-                    .query_async(&mut c),
+                self.delete
+                    .key(self.ws_key(id))
+                    .key(self.key("ws-index"))
+                    .key(self.key("usage"))
+                    .arg(id.as_str())
+                    .invoke_async(&mut c),
             )
             .await?;
         Ok(())
+    }
+
+    async fn tenant_usage(&self, tenant: &TenantId) -> Result<TenantUsage> {
+        let mut c = self.conn().await?;
+        if !self.usage_ready.load(std::sync::atomic::Ordering::Acquire) {
+            let _: i64 = self
+                .timed(
+                    self.build_usage
+                        .key(self.key("ws-index"))
+                        .key(self.key("usage"))
+                        .key(self.key("usage-built"))
+                        .arg(self.key("ws:"))
+                        .invoke_async(&mut c),
+                )
+                .await?;
+            self.usage_ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+        let fields = [format!("{tenant}:n"), format!("{tenant}:mcpu"), format!("{tenant}:mem")];
+        let got: Vec<Option<i64>> =
+            self.timed(redis::cmd("HMGET").arg(self.key("usage")).arg(&fields).query_async(&mut c)).await?;
+        let at = |i: usize| got.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+        Ok(TenantUsage { workspaces: at(0) as usize, millicpus: at(1), memory_mib: at(2) })
     }
 
     async fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>> {

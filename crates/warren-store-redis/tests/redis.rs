@@ -204,3 +204,49 @@ async fn redis_down_is_unavailable_and_recovery_keeps_everything() {
         .unwrap();
     assert_eq!(after.state, State::Running);
 }
+
+/// The per-tenant sums are built once from records written before they
+/// existed (here: deleted by hand, as a store written by an older version
+/// has none), then kept by every replica's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_usage_is_built_from_old_records_and_kept_by_every_replica() {
+    let r = Redis::start();
+    let a = RedisStore::open(&r.url(), Some("{u}:")).unwrap();
+    let t = conformance::tenant("old");
+    let mut recs = Vec::new();
+    for _ in 0..3 {
+        let rec = conformance::record("old");
+        let ev = NewEvent {
+            at_ms: 1,
+            workspace: rec.id.clone(),
+            tenant: rec.tenant().cloned(),
+            size: rec.size,
+            kind: EventKind::Created { template: "base".into() },
+            backend: String::new(),
+        };
+        a.insert_workspace(&rec, ev).await.unwrap();
+        recs.push(rec);
+    }
+    // As an older version left it: records, no sums.
+    let client = redis::Client::open(r.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL").arg("{u}:usage").arg("{u}:usage-built").query_async(&mut c).await.unwrap();
+    let b = RedisStore::open(&r.url(), Some("{u}:")).unwrap();
+    assert_eq!(b.tenant_usage(&t).await.unwrap().workspaces, 3, "built from the records");
+    // Writes through either replica keep it.
+    a.delete_workspace(&recs[0].id).await.unwrap();
+    b.update_workspace(
+        &recs[1].id,
+        Box::new(|r| {
+            r.state = warren_core::State::Failed;
+            Ok(None)
+        }),
+    )
+    .await
+    .unwrap();
+    let all = a.list_workspaces().await.unwrap();
+    let want = warren_store::TenantUsage::scan(&t, &all);
+    assert_eq!(want.workspaces, 1);
+    assert_eq!(a.tenant_usage(&t).await.unwrap(), want);
+    assert_eq!(b.tenant_usage(&t).await.unwrap(), want);
+}
