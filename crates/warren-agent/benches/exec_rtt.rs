@@ -5,6 +5,7 @@
 //! the iterations per variant; default 400; WARREN_AGENT_BIN another agent
 //! binary, e.g. target/agent-static/warren-agent). Rounds interleave the variants
 //! so that noise on a shared machine hits them alike.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

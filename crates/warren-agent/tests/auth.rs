@@ -1,4 +1,5 @@
 //! Access tokens, signed /files URLs and the /init bootstrap call.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! filesystem.Filesystem, watchers and the /files endpoints over a real socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! process.Process over a real socket: output, exit codes, users, env, stdin,
 //! signals, re-attach, deadlines, keepalives, PTYs, volume and reaping.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 mod common;
 

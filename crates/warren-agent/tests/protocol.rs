@@ -1,4 +1,5 @@
 //! Connect framing, content types, HTTP versions and bad input, over real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! End to end: the real `warren serve` on the local provider, driven by the
 //! real `warren` CLI. Runs as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -348,14 +349,7 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn static_agent() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
-    let bin = target.join("agent-static/warren-agent");
-    if !bin.exists() {
-        assert!(Command::new(repo_root().join("scripts/build-agent.sh")).status().unwrap().success());
-    }
-    std::fs::canonicalize(bin).unwrap()
-}
+use warren_test_support::static_agent;
 
 fn docker(args: &[&str]) -> String {
     let o = Command::new("docker").args(args).output().unwrap();

@@ -4,6 +4,7 @@
 //! workspace with the reason, and kill. moto runs no containers, so the
 //! agent is not reached (`wait_for_agent = false`) and exec is a clear error.
 //! Built only with `--features ecs` (scripts/test.sh runs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 #![cfg(feature = "ecs")]
 
 use std::path::PathBuf;

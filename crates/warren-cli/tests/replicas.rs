@@ -3,6 +3,7 @@
 //! execs spread over three replicas, kill -9 of one replica in the middle
 //! (its workspaces are failed by whichever replica holds the sweeper lease),
 //! and an audit afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -216,6 +216,7 @@ pub fn is_infrastructure(row: &UsageRow) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use warren_core::WorkspaceId;

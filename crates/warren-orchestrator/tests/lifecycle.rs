@@ -1,4 +1,4 @@
-#![allow(clippy::disallowed_methods, clippy::disallowed_macros)] // tests wait in real time and print
+#![allow(clippy::disallowed_methods, clippy::disallowed_macros, clippy::unwrap_used, clippy::expect_used)] // tests wait in real time and print
 //! Orchestrator lifecycle over the process fake, a memory or redb store and
 //! a manual clock.
 

@@ -2,6 +2,7 @@
 //! (runc, and runsc where the engine has it), isolation between containers,
 //! image import, and classified errors. Needs a running dockerd and root
 //! (scripts/test.sh sets both up).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,22 +20,7 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The static agent (scripts/build-agent.sh), built when missing.
-fn static_agent() -> PathBuf {
-    if let Ok(p) = std::env::var("WARREN_AGENT_STATIC") {
-        return p.into();
-    }
-    static BUILD: Once = Once::new();
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
-    let bin = target.join("agent-static/warren-agent");
-    BUILD.call_once(|| {
-        if !bin.exists() {
-            let st = Command::new(repo_root().join("scripts/build-agent.sh")).status().expect("run build-agent.sh");
-            assert!(st.success(), "building the static agent failed");
-        }
-    });
-    std::fs::canonicalize(&bin).expect("static agent")
-}
+use warren_test_support::static_agent;
 
 /// A busybox image built from the host's static busybox (no registry here).
 fn ensure_image() {

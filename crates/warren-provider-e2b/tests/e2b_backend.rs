@@ -1,6 +1,7 @@
 //! The E2B backend against a second warren acting as "the E2B cloud"
 //! through its own E2B-compatible API: the provider conformance suite, and
 //! the orchestrator running workspaces on it end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::sync::Arc;
 use warren_orchestrator::jobs::Job;

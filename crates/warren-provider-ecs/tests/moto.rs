@@ -3,6 +3,7 @@
 //! containers, so this tests request building, state mapping, polling,
 //! reconcile and the handling of tasks ECS stops on its own; container
 //! behaviour is the Docker backend's tests' job.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

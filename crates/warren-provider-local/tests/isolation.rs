@@ -1,5 +1,6 @@
 //! Tests that try to break out of a local workspace: into the host, into
 //! another workspace, past its limits. They run as root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Network mode `bridge`: egress through NAT works, other workspaces and the
 //! host's own services are unreachable, and destroy removes the link.
 //! The "internet" is a network namespace made by the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! OCI image templates: import a `docker save` archive built here (no
 //! registry needed), with a gzipped layer and whiteouts, and run it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 mod common;
 
@@ -12,17 +13,7 @@ use warren_proto::client::AgentClient;
 use warren_provider::{CreateSpec, NetworkMode, ProviderError, SandboxProvider};
 use warren_provider_local::{LocalConfig, LocalProvider};
 
-/// The static agent (OCI images have no host libraries), built if missing.
-fn static_agent() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let bin = target.join("agent-static/warren-agent");
-    if !bin.exists() {
-        let st = std::process::Command::new(root.join("scripts/build-agent.sh")).status().unwrap();
-        assert!(st.success());
-    }
-    bin
-}
+use warren_test_support::static_agent;
 
 fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
     let mut h = tar::Header::new_gnu();

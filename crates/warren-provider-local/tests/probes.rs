@@ -1,5 +1,6 @@
 //! The isolation probe suite (`warren_provider::probes`) as root inside
 //! local workspaces: warren's own namespaces and gVisor.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! must be denied; the same attack run on the host by the test (root) must
 //! work, so a missing tool or file cannot pass for a blocked attack. A few
 //! things root inside must still be able to do are checked too.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

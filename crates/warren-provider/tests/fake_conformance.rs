@@ -1,4 +1,5 @@
 //! The process-level fake passes the provider conformance suite.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use warren_provider::fake::{ProcessProvider, TEMPLATE};
 

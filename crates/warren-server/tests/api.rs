@@ -1,6 +1,7 @@
 //! Every route of the native API over a real socket, with a real agent
 //! (process fake backend) and the redb store: success paths, bad input,
 //! authentication and tenant isolation.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::sync::Arc;
 

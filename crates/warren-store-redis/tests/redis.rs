@@ -2,6 +2,7 @@
 //! port: the store conformance suite (with a reopen), concurrency across
 //! two store instances (as two replicas), and Redis going away and coming
 //! back (AOF on).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,9 +18,7 @@ struct Redis {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use warren_test_support::free_port;
 
 impl Redis {
     fn start() -> Redis {

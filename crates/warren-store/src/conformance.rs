@@ -1,4 +1,5 @@
 //! The store conformance suite: every StateStore implementation runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

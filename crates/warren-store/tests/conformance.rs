@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a failed step is a failed test
 use std::sync::Arc;
 
 use warren_store::{conformance, MemoryStore, RedbStore};

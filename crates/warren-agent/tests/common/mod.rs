@@ -31,9 +31,7 @@ impl Default for Opts {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use warren_test_support::free_port;
 
 impl Agent {
     pub fn start() -> Agent {

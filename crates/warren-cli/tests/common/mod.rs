@@ -20,10 +20,7 @@ pub fn ready_url(child: &mut Child, what: &str) -> String {
     url
 }
 
-/// A free TCP port on the loopback interface.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use warren_test_support::free_port;
 
 /// The trimmed stdout of a command that must have succeeded.
 #[track_caller]
