@@ -83,7 +83,6 @@ impl ErrorCode {
     /// The code an HTTP status stands for when only the status is known.
     pub fn from_status(status: u16) -> Self {
         match status {
-            400 => ErrorCode::BadRequest,
             401 => ErrorCode::Unauthorized,
             403 => ErrorCode::Forbidden,
             404 => ErrorCode::NotFound,
@@ -95,6 +94,8 @@ impl ErrorCode {
             503 => ErrorCode::Unavailable,
             504 => ErrorCode::Timeout,
             507 => ErrorCode::ResourceExhausted,
+            // Other refusals of the request itself (405, 408, 415, …).
+            400..=499 => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
         }
     }
@@ -217,6 +218,8 @@ mod tests {
             assert_eq!(ErrorCode::from_status(code.status()), code, "{code:?}");
         }
         assert_eq!(ErrorCode::Capacity.status(), 503);
+        assert_eq!(ErrorCode::from_status(405), ErrorCode::BadRequest, "a wrong method is the request's fault");
+        assert_eq!(ErrorCode::from_status(599), ErrorCode::Internal);
     }
 
     #[test]

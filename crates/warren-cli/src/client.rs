@@ -662,7 +662,13 @@ impl Client {
             use std::io::Read as _;
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 4096];
-            while let Ok(n) = stdin.read(&mut buf) {
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(n) => n,
+                    // A signal (a window resize) interrupted the read.
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
                 if n == 0 || keys.blocking_send(Message::Binary(buf[..n].to_vec().into())).is_err() {
                     break;
                 }

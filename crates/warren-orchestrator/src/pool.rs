@@ -171,7 +171,9 @@ impl Pools {
         let mut named: Vec<(PoolSpec, Arc<Counters>)> = Vec::new();
         for s in specs {
             let shared = specs.iter().filter(|o| o.template == s.template).count() > 1;
-            let base = s.name.clone().unwrap_or_else(|| match (shared, s.size) {
+            // An empty name would match members of an older version, whose
+            // pool is unknown: it gets the default name instead.
+            let base = s.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| match (shared, s.size) {
                 (true, Some(z)) => format!("{}-{}m-{}mib", s.template, z.millicpus, z.memory_mib),
                 _ => s.template.clone(),
             });
@@ -226,14 +228,18 @@ impl PoolSpec {
     }
 }
 
-/// Whether `r` is a member of the pool named `pool`.
-fn is_member(r: &WorkspaceRecord, pool: &str) -> bool {
-    matches!(&r.owner, Owner::Pool { pool: p, .. } if p == pool)
+/// Whether `r` is a member of the pool named `pool` of `template` and
+/// `size` (a member built for a pool whose template or size has since
+/// changed is nobody's: it is drained, never handed out).
+fn is_member(r: &WorkspaceRecord, pool: &str, template: &str, size: &Size) -> bool {
+    matches!(&r.owner, Owner::Pool { pool: p, .. } if p == pool) && r.template == template && r.size == *size
 }
 
-/// Whether `r` is a claimable member of the pool named `pool`.
-fn is_ready_member(r: &WorkspaceRecord, pool: &str) -> bool {
-    r.state == State::Running && matches!(&r.owner, Owner::Pool { pool: p, ready: true, .. } if p == pool)
+/// Whether `r` is a claimable member (see [`is_member`]).
+fn is_ready_member(r: &WorkspaceRecord, pool: &str, template: &str, size: &Size) -> bool {
+    r.state == State::Running
+        && matches!(&r.owner, Owner::Pool { ready: true, .. })
+        && is_member(r, pool, template, size)
 }
 
 impl Orchestrator {
@@ -268,6 +274,7 @@ impl Orchestrator {
             return Ok(None);
         }
         let pool_name = spec.key().to_string();
+        let template = spec.template.clone();
         let started = Stopwatch::start();
         counters.policy().record_claim(self.clock.now_ms());
         *counters.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
@@ -277,13 +284,13 @@ impl Orchestrator {
             let now = self.clock.now_ms();
             let (tenant, metadata, env, new_token) =
                 (req.tenant.clone(), req.metadata.clone(), req.env.clone(), token.clone());
-            let (pool_name, backend) = (pool_name.clone(), backend.clone());
+            let (pool_name, backend, template) = (pool_name.clone(), backend.clone(), template.clone());
             async move {
                 self.store
                     .update_workspace(
                         &id,
                         Box::new(move |r| {
-                            if !is_ready_member(r, &pool_name) {
+                            if !is_ready_member(r, &pool_name, &template, &size) {
                                 return Err(StoreError::Rejected("already claimed".into()));
                             }
                             if r.provider != backend {
@@ -328,7 +335,7 @@ impl Orchestrator {
                 .my_workspaces()
                 .await?
                 .into_iter()
-                .filter(|r| is_ready_member(r, &pool_name) && r.provider == backend)
+                .filter(|r| is_ready_member(r, &pool_name, &template, &size) && r.provider == backend)
                 .collect();
             // Start at a random member: concurrent claims then rarely race
             // for the same record (a lost race just moves on to the next).
@@ -399,14 +406,16 @@ impl Orchestrator {
         // Members of a pool no longer configured (or of a version that did
         // not record its pool) serve nobody: drain them.
         for r in all.iter().filter(|r| r.is_pool_member() && r.state.is_live()) {
-            if !self.pools.specs.iter().any(|(s, _)| is_member(r, s.key())) && self.drain_member(&r.id).await {
+            let known = self.pools.specs.iter().any(|(s, _)| is_member(r, s.key(), &s.template, &self.pool_size(s)));
+            if !known && self.drain_member(&r.id).await {
                 drained += 1;
             }
         }
         for (i, (spec, counters)) in self.pools.specs.iter().enumerate() {
             let current = revisions.get(&spec.template).cloned().unwrap_or_default();
             let mut fresh = Vec::new();
-            for r in all.iter().filter(|r| is_member(r, spec.key()) && r.state.is_live()) {
+            let size = self.pool_size(spec);
+            for r in all.iter().filter(|r| is_member(r, spec.key(), &spec.template, &size) && r.state.is_live()) {
                 let built_from = match &r.owner {
                     Owner::Pool { revision, .. } => revision.as_str(),
                     Owner::Tenant { .. } => continue,
@@ -446,7 +455,7 @@ impl Orchestrator {
                 let later: Vec<(WorkspaceId, Stopwatch)> = ready.drain(..).filter(|(_, at)| *at > scanned_at).collect();
                 let mut seen: std::collections::HashSet<WorkspaceId> = later.iter().map(|(id, _)| id.clone()).collect();
                 for r in &fresh {
-                    if is_ready_member(r, spec.key()) && seen.insert(r.id.clone()) {
+                    if is_ready_member(r, spec.key(), &spec.template, &size) && seen.insert(r.id.clone()) {
                         ready.push((r.id.clone(), scanned_at));
                     }
                 }
@@ -619,8 +628,9 @@ impl Orchestrator {
             .iter()
             .map(|(spec, c)| {
                 let size = self.pool_size(spec);
-                let members: Vec<&WorkspaceRecord> = all.iter().filter(|r| is_member(r, spec.key())).collect();
-                let ready = members.iter().filter(|r| is_ready_member(r, spec.key())).count();
+                let members: Vec<&WorkspaceRecord> =
+                    all.iter().filter(|r| is_member(r, spec.key(), &spec.template, &size)).collect();
+                let ready = members.iter().filter(|r| is_ready_member(r, spec.key(), &spec.template, &size)).count();
                 let refills = c.refills.load(Ordering::Relaxed);
                 let (min, max, claim_rate) = {
                     let p = c.policy();

@@ -680,9 +680,10 @@ async fn records_of_the_old_layout_are_migrated_and_old_members_drained() {
     orch.kill(None, &fresh.id).await.unwrap();
 }
 
-/// The scheduler tells time by the orchestrator's clock: with a manual
-/// clock nothing expires until the clock moves; then the reap job ends the
-/// expired workspace within its interval. Shutdown returns once the tick in
+/// The scheduler spaces jobs in real (monotonic) time and each tick tells
+/// policy time by the orchestrator's clock: with a manual clock nothing
+/// expires until the clock moves; then the reap job ends the expired
+/// workspace within its interval. Shutdown returns once the tick in
 /// progress is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_runs_jobs_by_the_clock_and_shuts_down() {
@@ -705,5 +706,40 @@ async fn the_scheduler_runs_jobs_by_the_clock_and_shuts_down() {
     // Every job also runs by hand, one tick at a time.
     for job in Job::ALL {
         e.orch.run_job(job, e.orch.now_ms()).await.unwrap();
+    }
+}
+
+/// A pool whose size changes (same name, new configuration, a restart)
+/// never hands out a member built at the old size: the old members are
+/// drained and the claim takes a new one or a fresh workspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_an_old_pool_shape_are_drained_not_handed_out() {
+    use warren_orchestrator::pool::PoolSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let small = Size { millicpus: 500, memory_mib: 256, disk_mib: 256, pids: 128 };
+    let spec =
+        |size| PoolSpec { name: None, template: "base".into(), size: Some(size), target: 1, min: None, max: None };
+    let cfg = |size| Config { pools: vec![spec(size)], ..Config::default() };
+    let before =
+        Arc::new(Orchestrator::new(provider(dir.path()), store.clone(), Arc::new(ManualClock::new(1)), cfg(small)));
+    fill_pool(&before, 1).await;
+    before.stop_pools().await;
+    let old = store.list_workspaces().await.unwrap().remove(0);
+    assert_eq!(old.size, small);
+
+    let big = Size { millicpus: 1000, ..small };
+    let after =
+        Arc::new(Orchestrator::new(provider(dir.path()), store.clone(), Arc::new(ManualClock::new(1)), cfg(big)));
+    let mut r = req("t");
+    r.size = Some(big);
+    let got = after.create(r).await.unwrap();
+    assert_ne!(got.id, old.id, "a member of the old size was handed out");
+    assert_eq!(got.size, big);
+    after.run_job(Job::Refill, 1).await.unwrap();
+    assert_eq!(store.get_workspace(&old.id).await.unwrap(), None, "the old member is drained");
+    after.stop_pools().await;
+    for r in store.list_workspaces().await.unwrap() {
+        let _ = after.kill_any(&r.id).await;
     }
 }

@@ -1,9 +1,10 @@
 //! Background jobs. Each is a module with one `tick(orchestrator, now)`
 //! that does one pass and says how many workspaces it acted on; one
 //! scheduler ([`Orchestrator::spawn_jobs`]) runs them at the intervals of
-//! [`Intervals`], reading time from the orchestrator's `Clock`. Tests drive
-//! them one tick at a time with [`Orchestrator::run_job`] and a manual
-//! clock.
+//! [`Intervals`] (spaced in monotonic time), each tick reading policy time
+//! (expiry, idleness, heartbeats) from the orchestrator's `Clock`. Tests
+//! drive them one tick at a time with [`Orchestrator::run_job`] and a
+//! manual clock.
 //!
 //! | job | what a tick does |
 //! |---|---|
@@ -17,6 +18,8 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use warren_core::Stopwatch;
 
 use crate::{Orchestrator, Result};
 
@@ -144,7 +147,7 @@ impl Orchestrator {
     }
 
     /// Starts the scheduler: every job runs once at start, then at its
-    /// interval (as the `Clock` tells time).
+    /// interval (in monotonic time; each tick reads the `Clock`).
     pub fn spawn_jobs(self: &Arc<Self>) -> Jobs {
         let stop = Arc::new(tokio::sync::Notify::new());
         let me = self.clone();
@@ -152,21 +155,30 @@ impl Orchestrator {
         let task = tokio::spawn(async move {
             let jobs: Vec<Job> =
                 Job::ALL.into_iter().filter(|j| !j.replicas_only() || !me.cfg.node.is_empty()).collect();
-            let mut due: Vec<(Job, u64)> = jobs.iter().map(|j| (*j, 0)).collect();
+            // When each job last ran, in monotonic time: a wall clock
+            // stepped back (NTP) must not hold the heartbeat. The jobs
+            // themselves read policy time from the Clock.
+            let mut last: Vec<(Job, Option<Stopwatch>)> = jobs.iter().map(|j| (*j, None)).collect();
             loop {
-                for (job, at) in due.iter_mut() {
-                    let now = me.clock.now_ms();
-                    if *at > now {
+                for (job, ran) in last.iter_mut() {
+                    let interval = me.cfg.intervals.of(*job);
+                    if ran.is_some_and(|t| !t.passed(interval)) {
                         continue;
                     }
-                    match me.run_job(*job, now).await {
+                    *ran = Some(Stopwatch::start());
+                    match me.run_job(*job, me.clock.now_ms()).await {
                         Ok(r) => me.log_report(&r),
                         Err(e) => tracing::warn!(job = job.name(), error = %e, "job failed"),
                     }
-                    *at = now + me.cfg.intervals.of(*job).as_millis() as u64;
                 }
-                let next = due.iter().map(|(_, at)| *at).min().unwrap_or(u64::MAX);
-                let wait = Duration::from_millis(next.saturating_sub(me.clock.now_ms()))
+                let wait = last
+                    .iter()
+                    .map(|(job, ran)| {
+                        let interval = me.cfg.intervals.of(*job);
+                        ran.map_or(Duration::ZERO, |t| interval.saturating_sub(t.elapsed()))
+                    })
+                    .min()
+                    .unwrap_or(Duration::from_secs(1))
                     .clamp(Duration::from_millis(5), Duration::from_secs(1));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
