@@ -372,24 +372,23 @@ impl Client {
             print!("{text}");
             return Ok(0);
         }
-        let rows: Vec<Value> = self.get(&q).await?;
+        let rows: Vec<warren_orchestrator::usage::UsageRow> = self.get(&q).await?;
         if self.conn.json {
             Self::print_json(&rows)?;
             return Ok(0);
         }
-        let f = |v: &Value| format!("{:.1}", v.as_f64().unwrap_or(0.0));
+        let f = |v: f64| format!("{v:.1}");
         let table_rows: Vec<Vec<String>> = rows
             .iter()
             .map(|r| {
-                let start = r["periodStartMs"].as_u64().unwrap_or(0);
                 vec![
-                    r["tenant"].as_str().unwrap_or("").into(),
-                    r["backend"].as_str().unwrap_or("").into(),
-                    warren_proto::json::Millis(start).to_string(),
-                    f(&r["runningSeconds"]),
-                    f(&r["pausedSeconds"]),
-                    f(&r["vcpuSeconds"]),
-                    f(&r["gibSeconds"]),
+                    r.tenant.clone(),
+                    r.backend.clone(),
+                    warren_proto::json::Millis(r.period_start_ms).to_string(),
+                    f(r.running_seconds),
+                    f(r.paused_seconds),
+                    f(r.vcpu_seconds),
+                    f(r.gib_seconds),
                 ]
             })
             .collect();
@@ -472,7 +471,7 @@ impl Client {
     }
 
     pub async fn pools(&self) -> Result<u8> {
-        let all: Vec<Value> = self.get("/v1/pools").await?;
+        let all: Vec<warren_orchestrator::pool::PoolStatus> = self.get("/v1/pools").await?;
         if self.conn.json {
             Self::print_json(&all)?;
             return Ok(0);
@@ -480,33 +479,31 @@ impl Client {
         let rows: Vec<Vec<String>> = all
             .iter()
             .map(|p| {
-                let target = if p["adaptive"].as_bool() == Some(true) {
-                    format!("{} ({}-{})", p["target"], p["min"], p["max"])
+                let target = if p.adaptive {
+                    format!("{} ({}-{})", p.target, p.min, p.max)
                 } else {
-                    p["target"].to_string()
+                    p.target.to_string()
                 };
-                let counts: Vec<u64> = p["claimLatencyCounts"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
-                    .unwrap_or_default();
                 vec![
-                    p["template"].as_str().unwrap_or("").into(),
-                    format!("{}", p["size"]["memoryMib"]),
+                    p.name.clone(),
+                    p.template.clone(),
+                    p.size.memory_mib.to_string(),
                     target,
-                    p["ready"].to_string(),
-                    p["warming"].to_string(),
-                    p["hits"].to_string(),
-                    p["misses"].to_string(),
-                    format!("{}", p["drained"].as_u64().unwrap_or(0) + p["shrunk"].as_u64().unwrap_or(0)),
-                    p["refillMs"].to_string(),
-                    format!("{:.2}", p["claimRate"].as_f64().unwrap_or(0.0)),
-                    claim_quantile(&counts, 0.5),
-                    claim_quantile(&counts, 0.99),
+                    p.ready.to_string(),
+                    p.warming.to_string(),
+                    p.hits.to_string(),
+                    p.misses.to_string(),
+                    (p.drained + p.shrunk).to_string(),
+                    p.refill_ms.to_string(),
+                    format!("{:.2}", p.claim_rate),
+                    claim_quantile(&p.claim_latency_counts, 0.5),
+                    claim_quantile(&p.claim_latency_counts, 0.99),
                 ]
             })
             .collect();
         table(
             &[
+                "POOL",
                 "TEMPLATE",
                 "MEMORY MIB",
                 "TARGET",
