@@ -479,11 +479,8 @@ impl Client {
         let rows: Vec<Vec<String>> = all
             .iter()
             .map(|p| {
-                let target = if p.adaptive {
-                    format!("{} ({}-{})", p.target, p.min, p.max)
-                } else {
-                    p.target.to_string()
-                };
+                let target =
+                    if p.adaptive { format!("{} ({}-{})", p.target, p.min, p.max) } else { p.target.to_string() };
                 vec![
                     p.name.clone(),
                     p.template.clone(),

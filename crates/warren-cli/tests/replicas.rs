@@ -132,6 +132,21 @@ fn three_replicas_one_redis_relay_load_and_kill_9() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&health.stdout), "204");
 
+    // A client cannot pass itself off as a replica: a DELETE (or pause) sent
+    // to B with the relay header, for a workspace A runs, is refused and
+    // changes nothing; the same DELETE without the header would be relayed.
+    for (method, path) in [("DELETE", format!("/v1/workspaces/{w}")), ("POST", format!("/v1/workspaces/{w}/pause"))] {
+        let forged = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .args(["-H", &format!("Authorization: Bearer {KEY}"), "-H", "x-warren-forwarded: node-a"])
+            .arg(format!("{}{path}", b.url))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&forged.stdout), "409", "{method} {path} with a forged relay header");
+    }
+    assert_eq!(info(&c, &w)["state"], "running", "the forged requests changed nothing");
+    assert_eq!(ok(&cli(&b, &["exec", &w, "echo still here"])), "still here");
+
     // Load over all three: create on one, exec on the next, kill on the third.
     let rs = [&a, &b, &c];
     let mut kept = Vec::new();

@@ -732,8 +732,27 @@ impl Orchestrator {
 
     /// Ends a workspace and releases everything it held.
     pub async fn kill(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<()> {
-        self.get(tenant, id).await?;
+        let rec = self.get(tenant, id).await?;
+        self.owned_here(&rec).await?;
         self.kill_any(id).await
+    }
+
+    /// Refuses to act on a workspace another live replica runs: the request
+    /// should have been relayed there. A client sending the relay header
+    /// itself lands here, and changes nothing. (When the owner is dead the
+    /// change is recorded here; its reconcile releases the rest.)
+    async fn owned_here(&self, rec: &WorkspaceRecord) -> Result<()> {
+        if rec.node.is_empty() || rec.node == self.cfg.node {
+            return Ok(());
+        }
+        if self.live_node_url(&rec.node).await?.is_some() {
+            return Err(Error::Conflict(format!(
+                "workspace {} is run by replica {}, which is alive; this replica does not act on it \
+                 (send the request without x-warren-forwarded: that header is for replicas)",
+                rec.id, rec.node
+            )));
+        }
+        Ok(())
     }
 
     /// Kills any workspace, pool members included (internal use).
@@ -824,6 +843,7 @@ impl Orchestrator {
     #[tracing::instrument(level = "debug", skip_all, fields(workspace = %id))]
     pub async fn pause(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.get(tenant, id).await?;
+        self.owned_here(&rec).await?;
         match rec.state {
             State::Running => {}
             State::Paused => return Err(Error::Conflict(format!("workspace {id} is already paused"))),
@@ -839,6 +859,7 @@ impl Orchestrator {
     #[tracing::instrument(level = "debug", skip_all, fields(workspace = %id))]
     pub async fn resume(&self, tenant: Option<&TenantId>, id: &WorkspaceId) -> Result<WorkspaceRecord> {
         let rec = self.get(tenant, id).await?;
+        self.owned_here(&rec).await?;
         match rec.state {
             State::Paused => {}
             State::Running => return Err(Error::Conflict(format!("workspace {id} is already running"))),
