@@ -437,20 +437,7 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let have = store.list_workspaces().await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
     eprintln!("bench list: storing {} workspaces…", 10_000usize.saturating_sub(have));
-    for i in have..10_000 {
-        let mut r = warren_store::conformance::record("default");
-        r.state = warren_core::State::Running;
-        r.metadata.insert("n".into(), i.to_string());
-        let ev = warren_store::NewEvent {
-            at_ms: 0,
-            workspace: r.id.clone(),
-            tenant: r.tenant().cloned(),
-            size: r.size,
-            kind: warren_store::EventKind::Created { template: "base".into() },
-            backend: r.provider.clone(),
-        };
-        store.insert_workspace(&r, ev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    store_running(store.as_ref(), have..10_000, |_| "default".into()).await?;
     let p: Arc<dyn SandboxProvider> =
         Arc::new(warren_provider::fake::ProcessProvider::new(dir.join("none"), "/bin/false"));
     let orch = Arc::new(warren_orchestrator::Orchestrator::new(p, store, Arc::new(SystemClock), Default::default()));
@@ -487,6 +474,30 @@ async fn bench_list(dir: &Path, n: usize) -> Result<()> {
         "GET /v1/workspaces?limit=10000",
         rows,
     );
+    Ok(())
+}
+
+/// Stores running records numbered `range` (metadata `n`), of the tenant
+/// `tenant_of(n)`, each with its creation event.
+async fn store_running(
+    store: &dyn warren_store::StateStore,
+    range: std::ops::Range<usize>,
+    tenant_of: impl Fn(usize) -> String,
+) -> Result<()> {
+    for i in range {
+        let mut r = warren_store::conformance::record(&tenant_of(i));
+        r.state = warren_core::State::Running;
+        r.metadata.insert("n".into(), i.to_string());
+        let ev = warren_store::NewEvent {
+            at_ms: 0,
+            workspace: r.id.clone(),
+            tenant: r.tenant().cloned(),
+            size: r.size,
+            kind: warren_store::EventKind::Created { template: "base".into() },
+            backend: r.provider.clone(),
+        };
+        store.insert_workspace(&r, ev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     Ok(())
 }
 
@@ -547,20 +558,8 @@ async fn bench_quota(dir: &Path, n: usize) -> Result<()> {
     let full = open("quota-full.redb")?;
     let have = full.list_workspaces().await.map_err(|e| anyhow::anyhow!("{e}"))?.len();
     eprintln!("bench quota: storing {} workspaces of other tenants…", 10_000usize.saturating_sub(have));
-    for i in have..10_000 {
-        let mut r = warren_store::conformance::record(&format!("other{}", i % 50));
-        r.state = warren_core::State::Running;
-        let ev = warren_store::NewEvent {
-            at_ms: 0,
-            workspace: r.id.clone(),
-            tenant: r.tenant().cloned(),
-            size: r.size,
-            kind: warren_store::EventKind::Created { template: "base".into() },
-            backend: r.provider.clone(),
-        };
-        full.insert_workspace(&r, ev).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let agent = warren_provider::conformance::agent_binary();
+    store_running(full.as_ref(), have..10_000, |i| format!("other{}", i % 50)).await?;
+    let agent = std::env::var_os("WARREN_AGENT_BIN").map(PathBuf::from).unwrap_or(sibling("warren-agent")?);
     let orch = |store: Arc<dyn warren_store::StateStore>, name: &str| {
         let p: Arc<dyn SandboxProvider> =
             Arc::new(warren_provider::fake::ProcessProvider::new(dir.join(format!("quota-{name}")), agent.clone()));

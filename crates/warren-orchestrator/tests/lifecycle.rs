@@ -311,6 +311,11 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
     for r in orch.list(None).await.unwrap() {
         orch.kill(None, &r.id).await.unwrap();
     }
+    // Pool members too: nothing outlives the test.
+    orch.stop_pools().await;
+    for r in store.list_workspaces().await.unwrap() {
+        let _ = orch.kill_any(&r.id).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,12 +541,9 @@ async fn refill_workers_fill_past_the_pass_and_claims_wake_them() {
         pools: vec![PoolSpec { name: None, template: "base".into(), size: None, target: 10, min: None, max: None }],
         ..Config::default()
     };
-    let orch = Arc::new(Orchestrator::new(
-        provider(dir.path()),
-        Arc::new(MemoryStore::new()),
-        Arc::new(warren_core::SystemClock),
-        cfg,
-    ));
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let orch =
+        Arc::new(Orchestrator::new(provider(dir.path()), store.clone(), Arc::new(warren_core::SystemClock), cfg));
     let wait_ready = |n: usize| {
         let orch = orch.clone();
         async move {
@@ -577,6 +579,11 @@ async fn refill_workers_fill_past_the_pass_and_claims_wake_them() {
     assert_eq!(st[0].ready + st[0].warming, 10, "no overshoot: {st:?}");
     for id in ids {
         orch.kill(None, &id).await.unwrap();
+    }
+    // Pool members too: nothing outlives the test.
+    orch.stop_pools().await;
+    for r in store.list_workspaces().await.unwrap() {
+        let _ = orch.kill_any(&r.id).await;
     }
 }
 

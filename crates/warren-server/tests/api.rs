@@ -20,6 +20,25 @@ struct Server {
     admin: String,
     store: Arc<dyn StateStore>,
     http: reqwest::Client,
+    provider: Arc<ProcessProvider>,
+}
+
+/// Nothing outlives a test: the workspaces a test left (also when it
+/// failed half-way) are destroyed with its server.
+impl Drop for Server {
+    fn drop(&mut self) {
+        use warren_provider::SandboxProvider as _;
+        let p = self.provider.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                for w in p.list().await.unwrap_or_default() {
+                    let _ = p.destroy(&w.id).await;
+                }
+            })
+        })
+        .join();
+    }
 }
 
 const ADMIN: &str = "e2b_00000000000000000000000000000000000admin";
@@ -32,12 +51,12 @@ async fn start() -> Server {
         .await
         .unwrap();
     let provider = Arc::new(ProcessProvider::new(dir.path().join("ws"), warren_provider::conformance::agent_binary()));
-    let orch = Arc::new(Orchestrator::new(provider, store.clone(), Arc::new(SystemClock), Config::default()));
+    let orch = Arc::new(Orchestrator::new(provider.clone(), store.clone(), Arc::new(SystemClock), Config::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(orch, Default::default());
     tokio::spawn(warren_server::serve(listener, state, std::future::pending()));
-    Server { _dir: dir, base, admin: ADMIN.into(), store, http: reqwest::Client::new() }
+    Server { _dir: dir, base, admin: ADMIN.into(), store, http: reqwest::Client::new(), provider }
 }
 
 impl Server {
