@@ -620,6 +620,15 @@ fn shell_in_a_real_terminal() {
     let data = tempfile::tempdir().unwrap();
     let s = serve(data.path(), free_port());
     let id = ok(&cli(&s, &["create"], None)).trim().to_string();
+    // Killed also when an assertion fails half-way: local workspaces
+    // outlive their server.
+    struct KillOnDrop<'a>(&'a Serve, String);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = cli(self.0, &["kill", &self.1], None);
+        }
+    }
+    let _guard = KillOnDrop(&s, id.clone());
     let mut t = Terminal::spawn(
         Command::new(bin())
             .args(["shell", &id])
@@ -661,5 +670,4 @@ fn shell_in_a_real_terminal() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(3));
-    ok(&cli(&s, &["kill", &id], None));
 }
