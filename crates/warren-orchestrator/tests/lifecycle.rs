@@ -35,6 +35,15 @@ fn env() -> Env {
     env_with(Arc::new(MemoryStore::new()), tempfile::tempdir().unwrap())
 }
 
+/// Nothing outlives a test: no more refills, then every record (pool
+/// members included) killed.
+async fn remove_everything(o: &Orchestrator, store: &dyn StateStore) {
+    o.stop_pools().await;
+    for r in store.list_workspaces().await.unwrap() {
+        let _ = o.kill_any(&r.id).await;
+    }
+}
+
 /// One tick of `job` at the orchestrator's clock; how many it acted on.
 async fn tick(o: &Arc<Orchestrator>, job: Job) -> usize {
     o.run_job(job, o.now_ms()).await.unwrap().acted
@@ -311,11 +320,7 @@ async fn warm_pool_claims_are_atomic_personalised_and_refilled() {
     for r in orch.list(None).await.unwrap() {
         orch.kill(None, &r.id).await.unwrap();
     }
-    // Pool members too: nothing outlives the test.
-    orch.stop_pools().await;
-    for r in store.list_workspaces().await.unwrap() {
-        let _ = orch.kill_any(&r.id).await;
-    }
+    remove_everything(&orch, store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,9 +425,7 @@ async fn pool_drains_members_of_an_old_template_revision() {
     assert!(got.metadata.is_empty(), "the tenant's metadata is its own");
     assert_eq!(got.tenant(), Some(&t("t")));
     assert!(live.iter().any(|r| r.id == got.id));
-    for r in store.list_workspaces().await.unwrap() {
-        let _ = orch.kill_any(&r.id).await;
-    }
+    remove_everything(&orch, store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,9 +471,7 @@ async fn adaptive_pool_grows_with_demand_and_shrinks_when_it_stops() {
     for r in made {
         orch.kill(None, &r.id).await.unwrap();
     }
-    for r in store.list_workspaces().await.unwrap() {
-        let _ = orch.kill_any(&r.id).await;
-    }
+    remove_everything(&orch, store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,11 +581,7 @@ async fn refill_workers_fill_past_the_pass_and_claims_wake_them() {
     for id in ids {
         orch.kill(None, &id).await.unwrap();
     }
-    // Pool members too: nothing outlives the test.
-    orch.stop_pools().await;
-    for r in store.list_workspaces().await.unwrap() {
-        let _ = orch.kill_any(&r.id).await;
-    }
+    remove_everything(&orch, store.as_ref()).await;
 }
 
 /// A pool member is built where a create for nobody goes; a tenant whose
@@ -618,10 +615,7 @@ async fn claims_respect_routes() {
     assert_eq!(anyone.tenant(), Some(&t("anyone")));
     let st = orch.pool_status().await.unwrap();
     assert_eq!((st[0].hits, st[0].misses), (1, 0), "a routed-away tenant does not count as a miss: {st:?}");
-    orch.stop_pools().await;
-    for r in store.list_workspaces().await.unwrap() {
-        let _ = orch.kill_any(&r.id).await;
-    }
+    remove_everything(&orch, store.as_ref()).await;
 }
 
 /// Records written before typed ownership (pool members under the
@@ -745,8 +739,5 @@ async fn members_of_an_old_pool_shape_are_drained_not_handed_out() {
     assert_eq!(got.size, big);
     after.run_job(Job::Refill, 1).await.unwrap();
     assert_eq!(store.get_workspace(&old.id).await.unwrap(), None, "the old member is drained");
-    after.stop_pools().await;
-    for r in store.list_workspaces().await.unwrap() {
-        let _ = after.kill_any(&r.id).await;
-    }
+    remove_everything(&after, store.as_ref()).await;
 }

@@ -69,6 +69,16 @@ pub fn is_e2b_path(path: &str) -> bool {
     !(path.starts_with("/v1/") || path == "/v1" || path == "/metrics")
 }
 
+/// An error response in the shape of the API it answers: E2B's for the
+/// E2B routes ([`e2b_shape`]), warren's as made otherwise.
+pub fn shaped(e2b: bool, resp: Response) -> Response {
+    if e2b {
+        e2b_shape(resp)
+    } else {
+        resp
+    }
+}
+
 /// Re-renders an error response made by [`ApiError`] in E2B's shape
 /// `{code: <status>, message}`; other responses pass unchanged.
 pub fn e2b_shape(resp: Response) -> Response {

@@ -52,11 +52,7 @@ fn workspace_of(s: &AppState, req: &Request) -> Option<String> {
 /// A 503 in the shape of the API the request was for.
 fn unavailable(path: &str, message: String) -> Response {
     let resp = crate::error::ApiError::coded(warren_api::ErrorCode::Unavailable, message).into_response();
-    if crate::error::is_e2b_path(path) {
-        crate::error::e2b_shape(resp)
-    } else {
-        resp
-    }
+    crate::error::shaped(crate::error::is_e2b_path(path), resp)
 }
 
 /// Middleware: relays requests about another replica's workspaces.

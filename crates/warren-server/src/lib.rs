@@ -192,7 +192,7 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
         return resp;
     }
     if is_json {
-        return if e2b { error::e2b_shape(resp) } else { resp };
+        return error::shaped(e2b, resp);
     }
     let close = resp.headers().get(axum::http::header::CONNECTION).cloned();
     let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
@@ -202,11 +202,7 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     if let Some(c) = close {
         out.headers_mut().insert(axum::http::header::CONNECTION, c);
     }
-    if e2b {
-        error::e2b_shape(out)
-    } else {
-        out
-    }
+    error::shaped(e2b, out)
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.
